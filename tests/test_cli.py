@@ -1,0 +1,158 @@
+"""The two commands on bad input: one `Error:` line, non-zero exit, no output that looks complete."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import TCGA, need
+from wsisam.cli import export_main, run_main
+
+BOX = ('{"type":"FeatureCollection","features":[{"type":"Feature","id":"b1","geometry":'
+       '{"type":"Polygon","coordinates":[[[%d,%d],[%d,%d],[%d,%d],[%d,%d],[%d,%d]]]},'
+       '"properties":{"note":"keep me"}}]}')
+
+
+def box_file(tmp_path, x0=1000, y0=1000, x1=1040, y1=1040, name="p.geojson"):
+    p = tmp_path / name
+    p.write_text(BOX % (x0, y0, x1, y0, x1, y1, x0, y1, x0, y0))
+    return p
+
+
+def run(args):
+    res = CliRunner().invoke(run_main, [str(a) for a in args])
+    return res
+
+
+def assert_one_line_error(res, match):
+    assert res.exit_code == 1, (res.output, res.exception)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error: ")]
+    assert len(errors) == 1, res.stderr
+    assert match in errors[0], errors[0]
+    assert "Traceback" not in res.output
+
+
+def no_outputs(out):
+    return not out.exists() or not [p for p in out.iterdir()]
+
+
+def test_missing_slide(tmp_path, tiny_model_dir):
+    res = run([tmp_path / "nope.svs", "--prompts", box_file(tmp_path), "--model-dir",
+               tiny_model_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, "slide not found")
+    assert no_outputs(tmp_path / "out")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a slide\n" * 100])
+def test_not_a_slide(tmp_path, tiny_model_dir, content):
+    fake = tmp_path / "fake.svs"
+    fake.write_bytes(content)
+    res = run([fake, "--prompts", box_file(tmp_path), "--model-dir", tiny_model_dir, "-o",
+               tmp_path / "out"])
+    assert_one_line_error(res, str(fake.name))
+    assert no_outputs(tmp_path / "out")
+
+
+@pytest.mark.parametrize("doc,match", [("", "not valid JSON"),
+                                       ('{"type":"FeatureCollection","features":[]}', "no features")])
+def test_bad_prompts(tmp_path, tiny_model_dir, cmu_slide, doc, match):
+    p = tmp_path / "p.geojson"
+    p.write_text(doc)
+    res = run([cmu_slide, "--prompts", p, "--model-dir", tiny_model_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, match)
+    assert no_outputs(tmp_path / "out")
+
+
+def test_prompts_outside_slide(tmp_path, tiny_model_dir, cmu_slide):
+    res = run([cmu_slide, "--prompts", box_file(tmp_path, 9000, 9000, 9100, 9100), "--model-dir",
+               tiny_model_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, "outside the slide")
+    assert no_outputs(tmp_path / "out")
+
+
+def test_no_prompts_is_a_clear_error(tmp_path, tiny_model_dir, cmu_slide):
+    res = run([cmu_slide, "--model-dir", tiny_model_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, "--prompts")
+
+
+def test_model_dir_for_another_model(tmp_path, tiny_model_dir, cmu_slide):
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model", "litemedsam", "--model-dir",
+               tiny_model_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, "model 'test-tinyvit' != requested 'litemedsam'")
+
+
+def test_corrupt_onnx(tmp_path, tiny_model_dir, cmu_slide):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    data = bytearray((broken / "decoder.onnx").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\0" * 64
+    (broken / "decoder.onnx").write_bytes(bytes(data))
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model-dir", broken, "-o",
+               tmp_path / "out"])
+    assert_one_line_error(res, "decoder file decoder.onnx modified or corrupt")
+
+
+def test_missing_model_dir(tmp_path, cmu_slide):
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model-dir", tmp_path / "none", "-o",
+               tmp_path / "out"])
+    assert_one_line_error(res, "model directory not found")
+
+
+def test_unicode_slide_name_runs(tmp_path, tiny_model_dir, cmu_slide):
+    uni = tmp_path / "スライド ß.svs"
+    shutil.copy(cmu_slide, uni)
+    out = tmp_path / "出力"
+    res = run([uni, "--prompts", box_file(tmp_path, name="プロンプト.geojson"), "--model-dir",
+               tiny_model_dir, "-o", out, "--backend", "ort-cpu"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"スライド ß.{ext}" for ext in ("geojson", "mask.tif", "overlay.png", "report.json"))
+    fc = json.loads((out / "スライド ß.geojson").read_text())
+    assert fc["features"][0]["id"] == "b1"
+    assert fc["features"][0]["properties"]["note"] == "keep me"
+
+
+def test_missing_mpp_assumed_or_given(tmp_path, tiny_model_dir):
+    slide = need(TCGA)
+    p = box_file(tmp_path, 2000, 1500, 2060, 1560)
+    res = run([slide, "--prompts", p, "--model-dir", tiny_model_dir, "-o", tmp_path / "a",
+               "--json"])
+    assert res.exit_code == 0, res.output
+    assert "no MPP metadata" in res.stderr
+    report = json.loads(res.stdout)
+    assert report["slide"]["mpp_source"].startswith("assumed")
+    res = run([slide, "--prompts", p, "--model-dir", tiny_model_dir, "-o", tmp_path / "b",
+               "--mpp", "0.25", "--json"])
+    assert res.exit_code == 0
+    slide_info = json.loads(res.stdout)["slide"]
+    assert slide_info["mpp"] == 0.25 and slide_info["mpp_source"] == "--mpp"
+
+
+def test_unavailable_gpu_backend_is_an_error(tmp_path, tiny_model_dir, cmu_slide):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the error path is for CPU-only installs")
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model-dir", tiny_model_dir,
+               "--backend", "ort-cuda", "-o", tmp_path / "out"])
+    assert_one_line_error(res, "CUDAExecutionProvider")
+
+
+def test_export_wrong_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    ckpt = tmp_path / "w.pth"
+    torch.save({"model": {"foo.weight": torch.zeros(2)}}, ckpt)
+    res = CliRunner().invoke(export_main, ["--model", "test-tinyvit", "--weights", str(ckpt),
+                                           "-o", str(tmp_path / "m")])
+    assert_one_line_error(res, "foo.weight")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_corrupt_weights(tmp_path):
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    res = CliRunner().invoke(export_main, ["--model", "test-tinyvit", "--weights", str(ckpt),
+                                           "-o", str(tmp_path / "m")])
+    assert_one_line_error(res, "w.pth")

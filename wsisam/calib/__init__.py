@@ -1,0 +1,1 @@
+"""Real tissue tiles from slides, preprocessed exactly as the runtime does (parity, calibration)."""

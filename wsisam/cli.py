@@ -1,0 +1,167 @@
+"""Console entry points ``wsisam-export`` and ``wsisam-run``: parse, call the library, report.
+
+User errors (:class:`~wsisam.errors.WsisamError`) print one ``Error:`` line and exit 1; Ctrl-C
+exits 130 after the library has removed its partial outputs; usage errors exit 2 (click).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from wsisam.errors import ArtifactError, WsisamError
+from wsisam.registry import DEFAULT_MODEL, list_models
+from wsisam.runtime.backends import BACKENDS
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except WsisamError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: stopped cleanly, no partial outputs were kept.", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            click.echo(f"Error: out of disk space writing {exc.filename or 'outputs'}; free space "
+                       f"or choose another output folder", err=True)
+            sys.exit(1)
+        raise
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", type=click.Choice(list_models()), default=DEFAULT_MODEL,
+              show_default=True, help="Registered model name.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (.pth/.pt).")
+@click.option("--random-init", is_flag=True,
+              help="Export with seeded random weights (smoke tests/benchmarks; said in every output).")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--parity-slides", multiple=True, type=click.Path(path_type=Path),
+              help="Slides to draw real tissue tiles from for the parity check "
+                   "(default: ../shared/data or $WSISAM_TEST_SLIDES).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Model directory to write.")
+@click.option("-q", "--quiet", is_flag=True)
+def export_main(model: str, weights: Path | None, random_init: bool, precision: str,
+                parity_slides: tuple[Path, ...], out_dir: Path, quiet: bool) -> None:
+    """Export MODEL's encoder and prompt decoder to ONNX, checked against torch."""
+    _setup_logging(quiet)
+
+    def go() -> None:
+        from wsisam.export.run import run_export
+
+        report = run_export(model, out_dir, weights=weights, random_init=random_init,
+                            parity_slides=list(parity_slides) or None)
+        if not quiet:
+            click.echo(_export_summary(report, out_dir))
+
+    _guard(go)
+
+
+def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
+    real = report["parity"].get("real_tissue")
+    real_txt = (f"real tissue: {real['tiles']} tiles, {real['prompts']} box prompts, logits max abs "
+                f"{real['end_to_end_logits']['max_abs']:.2e}, mask IoU mean "
+                f"{real['end_to_end_logits'].get('mask_iou_mean', float('nan')):.4f}"
+                if isinstance(real, dict) else str(real))
+    rnd = report["parity"]["random"]
+    init = " (RANDOM-INIT weights)" if report["random_init"] else ""
+    return (f"exported {report['model']}{init} to {out_dir} in {report['seconds']['total']} s\n"
+            f"  parity vs torch: random inputs: encoder max abs {rnd['encoder']['max_abs']:.2e}, "
+            f"decoder logits max abs {rnd['decoder_logits']['max_abs']:.2e}; {real_txt}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--prompts", type=click.Path(path_type=Path),
+              help="GeoJSON of box (Polygon) / point (Point) prompts in level-0 pixels.")
+@click.option("--model", "model", type=click.Choice(list_models()), default=None,
+              help=f"Model to run (default: the model directory's, else {DEFAULT_MODEL}).")
+@click.option("--model-dir", type=click.Path(path_type=Path),
+              help="Exported model directory (default: the cached export of --model, made on "
+                   "first use when the export extra is installed).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--mpp", type=float, help="µm per level-0 pixel, for slides without MPP metadata.")
+@click.option("--context", type=float, default=2.0, show_default=True,
+              help="Crop side as a multiple of the prompt's longest side.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
+             backend: str, mpp: float | None, context: float, out_dir: Path, quiet: bool,
+             as_json: bool) -> None:
+    """Segment SLIDE with a SAM-family model; write GeoJSON, label TIFF, overlay and report."""
+    _setup_logging(quiet)
+
+    def go() -> None:
+        from wsisam.runtime.run import RunConfig, run_slide
+
+        if prompts is None:
+            raise ArtifactError("automatic (prompt-free) mode is not built yet; pass --prompts "
+                                "FILE.geojson with boxes or points in level-0 pixels")
+        mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
+        cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
+                        model=model, backend=backend, mpp=mpp, context=context)
+        result = run_slide(cfg, on_progress=None if quiet else _progress())
+        if as_json:
+            click.echo(json.dumps(result.report, indent=2, default=str))
+        elif not quiet:
+            r = result.report
+            click.echo(f"{r['prompts']['segmented']}/{r['prompts']['count']} prompts segmented "
+                       f"({r['crops']['count']} crops, {r['crops']['encoder_passes']} encoder passes, "
+                       f"{len(r['crops']['skipped'])} skipped) with {r['model']['name']} on "
+                       f"{r['backend']['backend']} in {r['timings_s']['segment_total']} s → {out_dir}")
+
+    _guard(go)
+
+
+def _default_model_dir(model: str, quiet: bool) -> Path:
+    """The cached export of ``model``, exported now if absent and the export extra is installed."""
+    from wsisam.engines.manifest import MANIFEST_NAME
+    from wsisam.runtime.model import default_model_dir
+
+    mdir = default_model_dir(model)
+    if (mdir / MANIFEST_NAME).is_file():
+        return mdir
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ArtifactError(
+            f"no exported model at {mdir}; export it once with: pip install 'wsisam[export]' && "
+            f"wsisam-export --model {model} -o {mdir} (or pass --model-dir)") from None
+    if not quiet:
+        click.echo(f"first use: exporting {model} to {mdir} (once) …", err=True)
+    from wsisam.export.run import run_export
+
+    run_export(model, mdir)
+    return mdir
+
+
+def _progress() -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="crop", file=sys.stderr, leave=False)
+        bar["bar"].update(done - bar["bar"].n)
+        if done == total:
+            bar["bar"].close()
+
+    return update

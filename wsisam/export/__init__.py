@@ -1,0 +1,1 @@
+"""Torch model → ONNX graphs, checked against torch (needs the ``export`` extra: torch, onnx)."""

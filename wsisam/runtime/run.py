@@ -1,0 +1,184 @@
+"""``wsisam-run`` as a library call: slide + prompts + model directory → the four outputs.
+
+Outputs (``OUT/<slide stem>.*``): ``.geojson`` (one feature per prompt, level-0 px, QuPath
+properties), ``.mask.tif`` (tiled pyramidal label TIFF aligned with the slide), ``.overlay.png``
+(thumbnail with masks), ``.report.json``. All four are written into a staging folder and moved into
+``OUT`` only when every one is complete, so an interrupted or failed run leaves no output that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wsisam import __version__
+from wsisam.errors import SlideError
+from wsisam.runtime.model import SamRuntime
+from wsisam.runtime.prompted import DEFAULT_CONTEXT, PromptResult, segment_prompts
+from wsisam.runtime.prompts import load_prompts
+from wsisam.runtime.raster import rasterize
+from wsisam.runtime.slide import SlideReader, open_slide
+from wsisam.runtime.writers.geojson import feature, write_feature_collection
+from wsisam.runtime.writers.overlay import write_overlay_png
+from wsisam.runtime.writers.report import write_json
+from wsisam.runtime.writers.tiff import write_label_pyramid
+
+log = logging.getLogger(__name__)
+
+THUMB_PX = 1024
+DEFAULT_CLASS = "SAM object"
+_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. ``mpp``: overrides the slide's µm/px (required information when the slide has
+    none; without it a fallback is assumed, warned about and written in the report)."""
+
+    slide: Path
+    out_dir: Path
+    model_dir: Path
+    prompts: Path
+    model: str | None = None
+    backend: str = "auto"
+    mpp: float | None = None
+    context: float = DEFAULT_CONTEXT
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, Path]
+    report: dict[str, Any]
+    results: list[PromptResult] = field(repr=False, default_factory=list)
+
+
+def resolve_mpp(reader: SlideReader, override: float | None) -> tuple[float, str]:
+    """The slide's µm/px and where it came from: ``--mpp``, metadata, or an assumption."""
+    if override is not None:
+        if override <= 0:
+            raise SlideError(f"--mpp must be positive, got {override}")
+        return float(override), "--mpp"
+    if reader.mpp:
+        return float(reader.mpp), "slide metadata"
+    power = getattr(reader, "objective_power", None)
+    assumed = 10.0 / power if power else 0.5
+    why = f"objective power {power}×" if power else "no objective power either"
+    log.warning("slide %s has no MPP metadata; assuming %.3f µm/px (%s). Pass --mpp to set it.",
+                reader.path, assumed, why)
+    return assumed, f"assumed {assumed:.3f} µm/px: no MPP in the slide ({why}); pass --mpp"
+
+
+def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """Segment ``cfg.prompts`` on ``cfg.slide`` and write the outputs into ``cfg.out_dir``."""
+    t0 = time.perf_counter()
+    with open_slide(cfg.slide) as reader, SamRuntime(cfg.model_dir, cfg.backend, cfg.model) as rt:
+        mpp, mpp_source = resolve_mpp(reader, cfg.mpp)
+        prompts = load_prompts(cfg.prompts, reader.level_dimensions[0])
+        t_open = time.perf_counter() - t0
+        results, crops, skipped, times = segment_prompts(reader, rt, prompts, mpp, cfg.context,
+                                                         on_progress)
+        t_seg = time.perf_counter() - t0
+        report = _report(cfg, reader, rt, mpp, mpp_source, prompts, results, crops, skipped)
+        report["timings_s"] = {"open": round(t_open, 3),
+                               **{k: round(v, 3) for k, v in asdict(times).items()},
+                               "segment_total": round(t_seg - t_open, 3)}
+        report["throughput"] = {"prompts_per_s": round(len(results) / max(t_seg - t_open, 1e-9), 2),
+                                "crops_per_s": round(len(crops) / max(t_seg - t_open, 1e-9), 2)}
+        outputs = _write_outputs(cfg, reader, results, mpp, report)
+    return RunResult(outputs, report, results)
+
+
+def _classes(results: list[PromptResult]) -> dict[str, int]:
+    """Class name → label value (1..254) in order of first appearance."""
+    names: dict[str, int] = {}
+    for r in results:
+        names.setdefault(_class_name(r), len(names) + 1)
+    return names
+
+
+def _class_name(r: PromptResult) -> str:
+    cls = r.prompt.properties.get("classification")
+    return str(cls.get("name")) if isinstance(cls, dict) and cls.get("name") else DEFAULT_CLASS
+
+
+def _features(results: list[PromptResult], classes: dict[str, int]) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        props = dict(r.prompt.properties)
+        props["score"] = round(r.score, 4)
+        props["empty"] = r.geometry is None
+        cls = props.get("classification")
+        if not isinstance(cls, dict):
+            value = classes[_class_name(r)]
+            cls = {"name": DEFAULT_CLASS, "color": list(_PALETTE[(value - 1) % len(_PALETTE)])}
+        object_type = props.pop("objectType", "annotation")
+        props.pop("classification", None)
+        out.append(feature(r.geometry, props, id=r.prompt.feature_id, object_type=object_type,
+                           classification=cls))
+    return out
+
+
+def _write_outputs(cfg: RunConfig, reader: SlideReader, results: list[PromptResult], mpp: float,
+                   report: dict[str, Any]) -> dict[str, Path]:
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(cfg.slide).stem
+    names = {"geojson": f"{stem}.geojson", "mask": f"{stem}.mask.tif",
+             "overlay": f"{stem}.overlay.png", "report": f"{stem}.report.json"}
+    stage = out_dir / f".wsisam-partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        classes = _classes(results)
+        geoms = [r.geometry for r in results]
+        values = [classes[_class_name(r)] for r in results]
+        write_feature_collection(stage / names["geojson"], _features(results, classes))
+        w0, h0 = reader.level_dimensions[0]
+        ds = max(1, round(report["model"]["mpp"] / mpp))  # label at ~the model's resolution
+        label = rasterize(geoms, values, (-(-h0 // ds), -(-w0 // ds)), ds)
+        write_label_pyramid(stage / names["mask"], label, (mpp * ds, mpp * ds))
+        thumb = reader.thumbnail(THUMB_PX)
+        label_thumb = rasterize(geoms, values, thumb.shape[:2], w0 / thumb.shape[1])
+        write_overlay_png(stage / names["overlay"], thumb, label_thumb)
+        report["outputs"] = {k: str(out_dir / v) for k, v in names.items()}
+        report["label_mask"] = {"downsample": ds, "mpp": mpp * ds, "shape_hw": label.shape,
+                                "classes": classes}
+        write_json(stage / names["report"], report)
+        for key in ("geojson", "mask", "overlay", "report"):  # report last: it marks completion
+            os.replace(stage / names[key], out_dir / names[key])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {k: out_dir / v for k, v in names.items()}
+
+
+def _report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float, mpp_source: str,
+            prompts: list, results: list[PromptResult], crops: list, skipped: list
+            ) -> dict[str, Any]:
+    area_um2: dict[str, float] = {}
+    for r in results:
+        if r.geometry is not None:
+            area_um2[_class_name(r)] = area_um2.get(_class_name(r), 0.0) + r.geometry.area * mpp**2
+    return {
+        "wsisam": __version__,
+        "mode": "prompted",
+        "slide": {"path": str(cfg.slide), "vendor": reader.vendor,
+                  "level0_wh": list(reader.level_dimensions[0]),
+                  "levels": len(reader.level_dimensions), "mpp": mpp, "mpp_source": mpp_source},
+        "model": {"name": rt.spec.name, "mpp": rt.spec.mpp, "input_px": rt.spec.input_px,
+                  "random_init": bool(rt.manifest.get("random_init"))},
+        "backend": rt.describe(),
+        "prompts": {"file": str(cfg.prompts), "count": len(prompts),
+                    "segmented": sum(r.geometry is not None for r in results),
+                    "empty": sum(r.geometry is None for r in results),
+                    "not_processed": len(prompts) - len(results)},
+        "crops": {"count": len(crops), "encoder_passes": len(crops) - len(skipped),
+                  "context": cfg.context, "skipped": skipped},
+        "area_um2_per_class": {k: round(v, 1) for k, v in area_um2.items()},
+    }
