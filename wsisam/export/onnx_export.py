@@ -6,6 +6,7 @@ it, and torch ≥ 2.9 otherwise defaults to dynamo and silently raises the opset
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,7 +75,10 @@ def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
     final = Path(out_dir) / f"{graph}.onnx"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{graph}-trace-") as scratch:
         traced = Path(scratch) / final.name
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter warns about its own deprecation and constant folding of
+            # strided slices; neither is actionable for a user, and parity is checked below
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(), example_inputs(spec, graph), str(traced), dynamo=False,
                 opset_version=OPSET, input_names=gspec.input_names,

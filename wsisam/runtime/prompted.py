@@ -159,7 +159,8 @@ def segment_prompts(reader: SlideReader, runtime: SamRuntime, prompts: list[Prom
         for group, coords, labels in _prompt_arrays(members, crop, spec.input_px / crop.side_l0):
             low_res, iou = runtime.decode(embedding, coords, labels)
             t = times.add("decode", t)
-            logits, scores = select_mask_token(low_res, iou, np.array([p.multimask for p in group]))
+            multi = np.array([p.multimask and spec.multimask for p in group])
+            logits, scores = select_mask_token(low_res, iou, multi)
             px_l0 = crop.side_l0 / spec.input_px
             for p, lg, s in zip(group, logits, scores):
                 mask = logits_to_crop(lg, geom, spec.input_px) > 0
