@@ -14,6 +14,10 @@ TCGA = DATA / "tcga-cr-7395-01a-01-ts1.svs"
 NDPI = DATA / "fluorescence-dapi.ndpi"
 EXAMPLE_PROMPTS = REPO / "examples" / "cmu1-prompts.geojson"
 
+# Fraction of CMU-1's bytes kept when making broken copies (its tile data comes first and its
+# TIFF directories last, so a plain truncation loses the directories).
+KEEP = 0.6
+
 
 def need(path: Path) -> Path:
     """Skip (with the reason) when a real test slide is not present."""
@@ -57,3 +61,23 @@ def litemedsam_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     out = tmp_path_factory.mktemp("models") / "litemedsam"
     report = run_export("litemedsam", out)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def lost_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CMU-1 whose level-0 tile data after the first 60 % of the file was lost (zeroed).
+
+    The TIFF directories (after the tile data) are intact, so it opens; tiles in the lower part
+    of the image (y ≳ 2560) no longer decode.
+    """
+    import tifffile
+
+    data = bytearray(need(CMU).read_bytes())
+    with tifffile.TiffFile(CMU) as tf:
+        tile_data_end = tf.pages[0].offset  # level-0 tiles are stored before their directory
+    start = int(len(data) * KEEP)
+    assert start < tile_data_end
+    data[start:tile_data_end] = bytes(tile_data_end - start)
+    path = tmp_path_factory.mktemp("broken") / "lost-tiles.svs"
+    path.write_bytes(bytes(data))
+    return path

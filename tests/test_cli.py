@@ -6,7 +6,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import TCGA, need
+from tests.conftest import CMU, KEEP, TCGA, need
 from wsisam.cli import export_main, run_main
 
 BOX = ('{"type":"FeatureCollection","features":[{"type":"Feature","id":"b1","geometry":'
@@ -156,3 +156,57 @@ def test_export_corrupt_weights(tmp_path):
     res = CliRunner().invoke(export_main, ["--model", "test-tinyvit", "--weights", str(ckpt),
                                            "-o", str(tmp_path / "m")])
     assert_one_line_error(res, "w.pth")
+
+
+def test_truncated_slide(tmp_path, tiny_model_dir):
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(need(CMU).read_bytes()[: int(CMU.stat().st_size * KEEP)])
+    res = run([cut, "--prompts", box_file(tmp_path), "--model-dir", tiny_model_dir, "-o",
+               tmp_path / "out"])
+    assert_one_line_error(res, "truncated or corrupt")
+    assert no_outputs(tmp_path / "out")
+
+
+def test_corrupt_tiles_are_skipped_and_reported(tmp_path, tiny_model_dir, lost_tiles):
+    doc = json.loads(box_file(tmp_path, 1000, 1000, 1040, 1040).read_text())
+    bad = json.loads(box_file(tmp_path, 1000, 2850, 1040, 2890).read_text())["features"][0]
+    bad["id"] = "in-lost-tiles"
+    doc["features"].append(bad)
+    p = tmp_path / "two.geojson"
+    p.write_text(json.dumps(doc))
+    res = run([lost_tiles, "--prompts", p, "--model-dir", tiny_model_dir, "-o", tmp_path / "out",
+               "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["prompts"]["skipped"] == 1 and report["prompts"]["count"] == 2
+    (skip,) = report["crops"]["skipped"]
+    assert skip["prompts"] == [1] and skip["reason"]
+    features = json.loads((tmp_path / "out" / "lost-tiles.geojson").read_text())["features"]
+    assert [f["id"] for f in features] == ["b1", "in-lost-tiles"]
+    assert features[1]["geometry"] is None and features[1]["properties"]["status"] == "skipped"
+    assert features[0]["properties"]["status"] in ("ok", "empty")
+
+
+def test_ctrl_c_leaves_no_outputs(tmp_path, tiny_model_dir, cmu_slide):
+    """SIGINT mid-run: exit 130, nothing in the output folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    feats = [{"type": "Feature", "id": i, "properties": {}, "geometry": {"type": "Point",
+              "coordinates": [20 + (i * 37) % 2180, 20 + (i * 53) % 2900]}} for i in range(3000)]
+    p = tmp_path / "many.geojson"
+    p.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from wsisam.cli import run_main; run_main()", str(cmu_slide),
+         "--prompts", str(p), "--model-dir", str(tiny_model_dir), "-o", str(out),
+         "--backend", "ort-cpu"], stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    assert no_outputs(out)

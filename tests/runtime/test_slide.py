@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CMU, NDPI, TCGA, need
+from tests.conftest import CMU, KEEP, NDPI, TCGA, need
 from wsisam.errors import ConfigError, SlideError, TileReadError
 from wsisam.runtime.slide import (
     ArrayReader,
@@ -20,9 +20,6 @@ from wsisam.runtime.slide import (
     read_region_at,
 )
 
-# Fraction of CMU-1's bytes kept when making broken copies (its tile data comes first and its
-# TIFF directories last, so a plain truncation loses the directories).
-KEEP = 0.6
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -169,26 +166,6 @@ def test_truncated_slide_does_not_open(tmp_path: Path):
     with pytest.raises(SlideError) as exc:
         open_slide(cut)
     assert "truncated or corrupt" in one_line(exc)
-
-
-@pytest.fixture(scope="module")
-def lost_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CMU-1 whose level-0 tile data after the first 60 % of the file was lost (zeroed).
-
-    The TIFF directories (after the tile data) are intact, so it opens; tiles in the lower part
-    of the image no longer decode.
-    """
-    import tifffile
-
-    data = bytearray(need(CMU).read_bytes())
-    with tifffile.TiffFile(CMU) as tf:
-        tile_data_end = tf.pages[0].offset  # level-0 tiles are stored before their directory
-    start = int(len(data) * KEEP)
-    assert start < tile_data_end
-    data[start:tile_data_end] = bytes(tile_data_end - start)
-    path = tmp_path_factory.mktemp("broken") / "lost-tiles.svs"
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_corrupt_region_then_recovery(lost_tiles: Path):

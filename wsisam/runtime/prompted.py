@@ -46,12 +46,18 @@ class Crop:
 
 @dataclass
 class PromptResult:
-    """The mask of one prompt as a level-0 (Multi)Polygon (None if empty) and its predicted IoU."""
+    """The mask of one prompt as a level-0 (Multi)Polygon and its predicted IoU.
+
+    ``status``: ``"ok"``; ``"empty"`` (the model found nothing: geometry None); or ``"skipped"``
+    (its slide region could not be read: geometry and score None, reason in ``reason``).
+    """
 
     prompt: Prompt
     geometry: Any
-    score: float
+    score: float | None
     crop_index: int
+    status: str = "ok"
+    reason: str = ""
 
 
 @dataclass
@@ -148,6 +154,8 @@ def segment_prompts(reader: SlideReader, runtime: SamRuntime, prompts: list[Prom
             skipped.append({"crop": ci, "box_l0": [round(v, 1) for v in crop.box_l0],
                             "prompts": crop.prompt_indices, "reason": str(exc)})
             log.warning("skipped crop %d: %s", ci, exc)
+            for i in crop.prompt_indices:
+                results[i] = PromptResult(prompts[i], None, None, ci, "skipped", str(exc))
             continue
         t = times.add("read", t)
         image, geom = preprocess_image(rgb, spec.preprocess)
@@ -165,7 +173,8 @@ def segment_prompts(reader: SlideReader, runtime: SamRuntime, prompts: list[Prom
             for p, lg, s in zip(group, logits, scores):
                 mask = logits_to_crop(lg, geom, spec.input_px) > 0
                 poly = mask_to_polygons(mask, (px_l0, px_l0, crop.box_l0[0], crop.box_l0[1]))
-                results[p.index] = PromptResult(p, poly, float(s), ci)
+                results[p.index] = PromptResult(p, poly, float(s), ci,
+                                                "ok" if poly is not None else "empty")
             t = times.add("postprocess", t)
         if on_crop:
             on_crop(ci + 1, len(crops))

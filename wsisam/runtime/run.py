@@ -112,8 +112,10 @@ def _features(results: list[PromptResult], classes: dict[str, int]) -> list[dict
     out = []
     for r in results:
         props = dict(r.prompt.properties)
-        props["score"] = round(r.score, 4)
-        props["empty"] = r.geometry is None
+        props["score"] = None if r.score is None else round(r.score, 4)
+        props["status"] = r.status
+        if r.reason:
+            props["reason"] = r.reason
         cls = props.get("classification")
         if not isinstance(cls, dict):
             value = classes[_class_name(r)]
@@ -175,9 +177,8 @@ def _report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float, mpp
                   "random_init": bool(rt.manifest.get("random_init"))},
         "backend": rt.describe(),
         "prompts": {"file": str(cfg.prompts), "count": len(prompts),
-                    "segmented": sum(r.geometry is not None for r in results),
-                    "empty": sum(r.geometry is None for r in results),
-                    "not_processed": len(prompts) - len(results)},
+                    **{k: sum(r.status == s for r in results) for k, s in
+                       (("segmented", "ok"), ("empty", "empty"), ("skipped", "skipped"))}},
         "crops": {"count": len(crops), "encoder_passes": len(crops) - len(skipped),
                   "context": cfg.context, "skipped": skipped},
         "area_um2_per_class": {k: round(v, 1) for k, v in area_um2.items()},
