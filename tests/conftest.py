@@ -81,3 +81,37 @@ def lost_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("broken") / "lost-tiles.svs"
     path.write_bytes(bytes(data))
     return path
+
+
+# Calibration tiles of the test's INT8 export (the CLI default is 500; fewer keeps the suite fast).
+TEST_CALIB_TILES = 64
+TEST_HELDOUT_TILES = 16
+
+
+@pytest.fixture(scope="session")
+def litemedsam_lowp(litemedsam_export, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """LiteMedSAM fp16 and int8 derived from the session's FP32 export, calibrated on and gated
+    against held-out tiles of the three real slides; {precision: (model dir, report)}."""
+    from wsisam.export.precision import derive_precision
+
+    slides = [need(p) for p in (CMU, TCGA, NDPI)]
+    root = tmp_path_factory.mktemp("lowp")
+    out = {}
+    for precision in ("fp16", "int8"):
+        d = root / f"litemedsam-{precision}"
+        out[precision] = (d, derive_precision(
+            litemedsam_export[0], d, precision, slides, calib_tiles=TEST_CALIB_TILES,
+            heldout_tiles=TEST_HELDOUT_TILES, cache_root=root / "calib"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """test-tinyvit int8 (random weights) derived with a few calibration tiles."""
+    from wsisam.export.precision import derive_precision
+
+    slides = [need(p) for p in (CMU, TCGA)]
+    root = tmp_path_factory.mktemp("tiny-int8")
+    derive_precision(tiny_model_dir, root / "int8", "int8", slides, calib_tiles=8,
+                     heldout_tiles=4, warn_only=True, cache_root=root / "calib")
+    return root / "int8"

@@ -210,3 +210,86 @@ def test_ctrl_c_leaves_no_outputs(tmp_path, tiny_model_dir, cmu_slide):
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
     assert no_outputs(out)
+
+
+# --- precision variants (fp16/int8) -------------------------------------------------------------
+
+def export(args):
+    return CliRunner().invoke(export_main, [str(a) for a in args])
+
+
+def test_export_int8_needs_calib(tmp_path):
+    pytest.importorskip("torch")
+    res = export(["--model", "test-tinyvit", "--precision", "int8", "-o", tmp_path / "m"])
+    assert_one_line_error(res, "--precision int8 needs calibration slides")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("calib,extra,match", [
+    ("missing.svs", [], "calibration slide not found"),
+    ("empty", [], "no slide files"),
+    ("cmu", ["--calib-tiles", "0"], "--calib-tiles must be at least 1"),
+])
+def test_export_bad_calib(tmp_path, calib, extra, match):
+    pytest.importorskip("torch")
+    (tmp_path / "empty").mkdir()
+    path = need(CMU) if calib == "cmu" else tmp_path / calib
+    res = export(["--model", "test-tinyvit", "--precision", "int8", "--calib", path, *extra,
+                  "-o", tmp_path / "m"])
+    assert_one_line_error(res, match)
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_int8_takes_several_calib_slides(tmp_path, monkeypatch):
+    """`--calib A B` (several values after one flag); a random-init model is far from any gate,
+    so the gate only warns here."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("WSISAM_HOME", str(tmp_path / "home"))  # the tile cache goes there
+    res = export(["--model", "test-tinyvit", "--precision", "int8", "--calib", need(CMU),
+                  need(TCGA), "--calib-tiles", "8", "--accuracy-warn-only", "-o", tmp_path / "m"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "held-out tiles" in res.stdout and "mask IoU" in res.stdout
+    m = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert m["precision"] == "int8" and m["graphs"]["decoder"]["precision"] == "fp32"
+    assert m["calibration"]["slides"] == sorted([CMU.name, TCGA.name])
+    assert m["calibration"]["counts"]["calib"] == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m")]
+    assert list((tmp_path / "home" / "calib").iterdir())
+
+
+def test_run_refuses_int8_dir_for_another_model(tmp_path, tiny_int8_dir, cmu_slide):
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model", "litemedsam", "--model-dir",
+               tiny_int8_dir, "-o", tmp_path / "out"])
+    assert_one_line_error(res, "model 'test-tinyvit' != requested 'litemedsam'")
+    assert no_outputs(tmp_path / "out")
+
+
+def test_run_refuses_int8_dir_of_another_policy(tmp_path, tiny_int8_dir, cmu_slide):
+    d = tmp_path / "int8"
+    shutil.copytree(tiny_int8_dir, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["policy_digest"] = "0123"
+    (d / "manifest.json").write_text(json.dumps(m))
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model-dir", d, "-o",
+               tmp_path / "out"])
+    assert_one_line_error(res, "int8 policy digest 0123")
+
+
+def test_run_int8_dir(tmp_path, tiny_int8_dir, cmu_slide):
+    res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model-dir", tiny_int8_dir,
+               "--backend", "ort-cpu", "-o", tmp_path / "out", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["backend"]["precision"] == "int8"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--calib", "SLIDE"], "--calib and --keep-float apply to --precision fp16/int8 only"),
+    (["--precision", "int8", "--calib", "SLIDE", "--keep-float", "fc[1"],
+     "--keep-float 'fc[1' is not a valid regular expression"),
+])
+def test_export_precision_option_misuse(tmp_path, args, match):
+    pytest.importorskip("torch")
+    args = [need(CMU) if a == "SLIDE" else a for a in args]
+    res = export(["--model", "test-tinyvit", *args, "-o", tmp_path / "m"])
+    assert_one_line_error(res, match)
+    assert not (tmp_path / "m").exists()

@@ -42,13 +42,45 @@ def _setup_logging(quiet: bool) -> None:
                         format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
 
 
+class _ManyValues(click.Option):
+    """A repeatable option that also takes several values at once: ``--calib A B C`` (the values
+    up to the next option) as well as ``--calib A --calib B``."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        opt = getattr(parser, "_long_opt", {}).get(self.opts[-1])
+        if opt is None:  # another click: plain repeatable option
+            return
+        one = opt.process
+
+        def process(value: Any, state: Any) -> None:
+            one(value, state)
+            while state.rargs and not state.rargs[0].startswith("-"):
+                one(state.rargs.pop(0), state)
+
+        opt.process = process
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", type=click.Choice(list_models()), default=DEFAULT_MODEL,
               show_default=True, help="Registered model name.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (.pth/.pt).")
 @click.option("--random-init", is_flag=True,
               help="Export with seeded random weights (smoke tests/benchmarks; said in every output).")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              show_default=True,
+              help="fp16/int8: derived from the checked fp32 graphs and gated against them.")
+@click.option("--calib", cls=_ManyValues, multiple=True, type=click.Path(path_type=Path),
+              help="Slides (files or folders) for INT8 calibration and the held-out accuracy "
+                   "tiles: --calib A.svs B.ndpi or --calib FOLDER.")
+@click.option("--calib-tiles", type=int, default=500, show_default=True,
+              help="Calibration tiles to sample (fewer, with a warning, when the slides lack "
+                   "tissue).")
+@click.option("--accuracy-warn-only", is_flag=True,
+              help="Keep an fp16/int8 export below its accuracy gate (with a warning).")
+@click.option("--keep-float", multiple=True,
+              help="INT8: regex of node names kept float, added to the model's policy "
+                   "(e.g. the first or last layers).")
 @click.option("--parity-slides", multiple=True, type=click.Path(path_type=Path),
               help="Slides to draw real tissue tiles from for the parity check "
                    "(default: ../shared/data or $WSISAM_TEST_SLIDES).")
@@ -56,7 +88,9 @@ def _setup_logging(quiet: bool) -> None:
               help="Model directory to write.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_main(model: str, weights: Path | None, random_init: bool, precision: str,
-                parity_slides: tuple[Path, ...], out_dir: Path, quiet: bool) -> None:
+                calib: tuple[Path, ...], calib_tiles: int, accuracy_warn_only: bool,
+                keep_float: tuple[str, ...], parity_slides: tuple[Path, ...], out_dir: Path,
+                quiet: bool) -> None:
     """Export MODEL's encoder and prompt decoder to ONNX, checked against torch."""
     _setup_logging(quiet)
 
@@ -64,11 +98,28 @@ def export_main(model: str, weights: Path | None, random_init: bool, precision: 
         from wsisam.export.run import run_export
 
         report = run_export(model, out_dir, weights=weights, random_init=random_init,
-                            parity_slides=list(parity_slides) or None)
+                            parity_slides=list(parity_slides) or None, precision=precision,
+                            calib=list(calib) or None, calib_tiles=calib_tiles,
+                            accuracy_warn_only=accuracy_warn_only, keep_float=keep_float)
         if not quiet:
-            click.echo(_export_summary(report, out_dir))
+            click.echo(_export_summary(report, out_dir) if precision == "fp32"
+                       else _precision_summary(report, out_dir))
 
     _guard(go)
+
+
+def _precision_summary(report: dict[str, Any], out_dir: Path) -> str:
+    acc = report["accuracy_vs_fp32"]
+    m, e = acc["mask_logits"], acc["embedding"]
+    gate = acc["gate"]
+    verdict = "passed" if gate["passed"] else "FAILED (kept: --accuracy-warn-only)"
+    graphs = ", ".join(f"{g} {v['precision']}" for g, v in report["graphs"].items())
+    return (f"exported {report['model']} {report['precision']} ({graphs}) to {out_dir} in "
+            f"{report['seconds']['total']} s\n"
+            f"  vs fp32 on {acc['tiles']} held-out tiles, {acc['prompts']} box prompts: mask IoU "
+            f"mean {m.get('mask_iou_mean', float('nan')):.4f} (gate ≥ {gate['mask_iou_mean_min']}: "
+            f"{verdict}), Dice mean {m.get('dice_mean', float('nan')):.4f}, embedding cosine mean "
+            f"{e['cosine_mean']:.5f}, mask logits max abs {m['max_abs']:.3f}")
 
 
 def _export_summary(report: dict[str, Any], out_dir: Path) -> str:

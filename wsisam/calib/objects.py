@@ -28,6 +28,14 @@ class StainedObject:
     area_px: int
 
 
+def stain_densities(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → (H, W, 3) float32 optical densities of H, E and residual (≥ 0)."""
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    return np.clip(od.reshape(-1, 3) @ _UNMIX.astype(np.float32), 0, None).reshape(
+        *rgb.shape[:2], 3
+    )
+
+
 def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (H, W) float32 hematoxylin optical density (≥ 0)."""
     od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)

@@ -20,6 +20,8 @@ from wsisam.runtime.tissue import tissue_mask
 log = logging.getLogger(__name__)
 
 THUMB_PX = 1024
+# File suffixes treated as slides when a folder is given (parity, calibration).
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".mrxs", ".scn")
 
 
 @dataclass(frozen=True)
@@ -31,20 +33,36 @@ class TissueTile:
     rgb: np.ndarray
 
 
-def slide_tile_boxes(path: Path, tile_px: int, target_mpp: float, min_tissue: float,
-                     assumed_mpp: float) -> list[tuple[int, int, int, int]]:
-    """Level-0 boxes of the non-overlapping tissue tiles of one slide."""
+@dataclass(frozen=True)
+class TissuePlan:
+    """Tissue tiles of one slide: level-0 ``boxes`` and the thumbnail (h, w, 3) uint8 they were
+    planned on, ``thumb_downsample`` level-0 px per thumbnail px (x, y)."""
+
+    boxes: list[tuple[int, int, int, int]]
+    thumb: np.ndarray
+    thumb_downsample: tuple[float, float]
+
+
+def plan_tissue_tiles(path: Path, tile_px: int, target_mpp: float, min_tissue: float,
+                      assumed_mpp: float, overlap_px: int = 0) -> TissuePlan:
+    """Tissue tiles of one slide on a grid whose neighbours overlap by ``overlap_px`` model px."""
     with open_slide(path) as reader:
         mpp = reader.mpp or assumed_mpp
         thumb = reader.thumbnail(THUMB_PX)
         mask = tissue_mask(thumb)
         w0, h0 = reader.level_dimensions[0]
         tiles = plan_tiles(
-            (w0, h0), mpp, target_mpp, tile_px, 0, tissue_mask=mask,
+            (w0, h0), mpp, target_mpp, tile_px, overlap_px, tissue_mask=mask,
             mask_downsample=w0 / mask.shape[1], min_tissue=min_tissue,
             level_downsamples=tuple(reader.level_downsamples),
         )
-    return [t.box_l0 for t in tiles]
+    return TissuePlan([t.box_l0 for t in tiles], thumb, (w0 / thumb.shape[1], h0 / thumb.shape[0]))
+
+
+def slide_tile_boxes(path: Path, tile_px: int, target_mpp: float, min_tissue: float,
+                     assumed_mpp: float) -> list[tuple[int, int, int, int]]:
+    """Level-0 boxes of the non-overlapping tissue tiles of one slide."""
+    return plan_tissue_tiles(path, tile_px, target_mpp, min_tissue, assumed_mpp).boxes
 
 
 def sample_tissue_tiles(slides: list[Path], tile_px: int, target_mpp: float, n: int,

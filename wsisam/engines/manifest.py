@@ -21,10 +21,24 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 def spec_digest(spec: ModelSpec) -> str:
-    """A short hash of everything in the spec that changes the graphs or their inputs."""
-    blob = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode()
+    """A short hash of everything in the spec that changes the FP32 graphs or their inputs (the
+    precision policy is hashed apart, by :func:`policy_digest`)."""
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "precision"}
+    blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def policy_digest(spec: ModelSpec, precision: str) -> str | None:
+    """A short hash of the spec's policy for ``precision`` (None for fp32, which has none)."""
+    if precision == "fp32":
+        return None
+    policy = {k: v for k, v in dataclasses.asdict(spec.precision).items()
+              if k.startswith(precision)}
+    return hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -75,7 +89,8 @@ def check_manifest(model_dir: Path, manifest: dict[str, Any], model: str | None 
     """Validate a model directory; return the registry spec it was built for.
 
     Refuses, with every difference named in one line: another model than ``model``, another
-    precision, a spec that changed since export, a missing or modified graph file.
+    precision, a spec that changed since export, a missing or modified graph file, and for FP16/INT8
+    a precision policy that changed since, or a missing calibration (INT8) or accuracy record.
     """
     diffs: list[str] = []
     if manifest.get("format") != FORMAT_VERSION:
@@ -83,19 +98,40 @@ def check_manifest(model_dir: Path, manifest: dict[str, Any], model: str | None 
     name = manifest.get("model")
     if model is not None and name != model:
         diffs.append(f"model '{name}' != requested '{model}'")
-    if precision is not None and manifest.get("precision") != precision:
-        diffs.append(f"precision '{manifest.get('precision')}' != requested '{precision}'")
+    have = manifest.get("precision")
+    if precision is not None and have != precision:
+        diffs.append(f"precision '{have}' != requested '{precision}'")
     spec = get_model(str(name))
     if manifest.get("spec_digest") != spec_digest(spec):
         diffs.append(
             f"spec digest {manifest.get('spec_digest')} != this wsisam's {spec_digest(spec)} "
             f"(exported by another wsisam version)"
         )
+    diffs += _precision_diffs(spec, manifest)
     if verify_files:
         diffs += _file_diffs(Path(model_dir), manifest)
     if diffs:
         raise ArtifactError(f"{model_dir} does not match: {'; '.join(diffs)}; re-run wsisam-export")
     return spec
+
+
+def _precision_diffs(spec: ModelSpec, manifest: dict[str, Any]) -> list[str]:
+    """A lower-precision artefact must have been derived under this wsisam's policy, calibrated
+    (INT8) and measured against FP32."""
+    have = manifest.get("precision")
+    if have not in PRECISIONS:
+        return [f"precision '{have}' unknown (expected one of {', '.join(PRECISIONS)})"]
+    if have == "fp32":
+        return []
+    diffs = []
+    if manifest.get("policy_digest") != policy_digest(spec, have):
+        diffs.append(f"{have} policy digest {manifest.get('policy_digest')} != this wsisam's "
+                     f"{policy_digest(spec, have)} (derived under another precision policy)")
+    if have == "int8" and not (manifest.get("calibration") or {}).get("digest"):
+        diffs.append("int8 artefact without a calibration record")
+    if not isinstance(manifest.get("accuracy_vs_fp32"), dict):
+        diffs.append(f"{have} artefact without an accuracy record vs fp32")
+    return diffs
 
 
 def _file_diffs(model_dir: Path, manifest: dict[str, Any]) -> list[str]:

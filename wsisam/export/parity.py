@@ -9,49 +9,18 @@ sides, so what is measured is the graphs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wsisam.calib.objects import stained_objects
 from wsisam.calib.tiles import TissueTile
+from wsisam.engines.compare import Stats, tile_boxes_in
 from wsisam.registry import ModelSpec
 from wsisam.runtime.backends import OrtBackend
-from wsisam.runtime.postprocess import logits_to_crop, mask_iou
+from wsisam.runtime.postprocess import logits_to_crop
 from wsisam.runtime.preprocess import boxes_to_prompts, preprocess_image
-
-
-@dataclass
-class Stats:
-    """Running worst-case errors and mask IoUs over all comparisons of one kind."""
-
-    max_abs: float = 0.0
-    ref_max: float = 0.0
-    cos_min: float = 1.0
-    ious: list[float] | None = None
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        self.max_abs = max(self.max_abs, float(np.abs(ref - got).max()))
-        self.ref_max = max(self.ref_max, float(np.abs(ref).max()))
-        for r, g in zip(ref.reshape(len(ref), -1), got.reshape(len(got), -1)):
-            denom = float(np.linalg.norm(r) * np.linalg.norm(g)) or 1.0
-            self.cos_min = min(self.cos_min, float(r @ g) / denom)
-
-    def add_ious(self, ref_logits: list[np.ndarray], got_logits: list[np.ndarray]) -> None:
-        self.ious = (self.ious or []) + [mask_iou(r > 0, g > 0) for r, g in
-                                         zip(ref_logits, got_logits)]
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"max_abs": self.max_abs,
-                               "max_rel": self.max_abs / self.ref_max if self.ref_max else 0.0,
-                               "cosine_min": self.cos_min}
-        if self.ious:
-            out |= {"mask_iou_mean": float(np.mean(self.ious)),
-                    "mask_iou_min": float(np.min(self.ious)), "n_masks": len(self.ious)}
-        return out
 
 
 class GraphPair:
@@ -112,12 +81,6 @@ def random_parity(pair: GraphPair, seed: int = 0) -> dict[str, Any]:
         iou.add(s_ref, s_got)
     return {"encoder": enc.summary(), "decoder_logits": logits.summary(),
             "decoder_iou_predictions": iou.summary()}
-
-
-def tile_boxes_in(tile: TissueTile, scale: float, max_boxes: int) -> np.ndarray:
-    """Box prompts (K, 4) in model-input px around stained objects of a tile (≤ ``max_boxes``)."""
-    objs = stained_objects(tile.rgb, max_objects=max_boxes)
-    return np.array([o.box_xyxy for o in objs], np.float32).reshape(-1, 4) * scale
 
 
 def real_parity(pair: GraphPair, tiles: list[TissueTile], max_boxes: int = 16) -> dict[str, Any]:

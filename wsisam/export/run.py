@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from wsisam import __version__
+from wsisam.calib.dataset import DEFAULT_CALIB_TILES
+from wsisam.calib.tiles import SLIDE_SUFFIXES
 from wsisam.engines.manifest import MANIFEST_NAME, graph_entry, spec_digest, write_manifest
-from wsisam.errors import ArtifactError, ParityError, require
+from wsisam.errors import ArtifactError, ConfigError, ParityError, require
 from wsisam.registry import ModelSpec, get_model
 
 log = logging.getLogger(__name__)
@@ -32,21 +35,38 @@ def default_parity_slides() -> list[Path]:
     folder = Path(env) if env else root
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".svs", ".ndpi", ".tif",
-                                                                        ".tiff", ".mrxs", ".scn"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
 
 
 def run_export(model: str, out_dir: Path, weights: Path | None = None, random_init: bool = False,
                parity_slides: list[Path] | None = None, parity_tiles: int = PARITY_TILES,
-               external_threshold: int | None = None, check: bool = True) -> dict[str, Any]:
+               external_threshold: int | None = None, check: bool = True,
+               precision: str = "fp32", calib: list[Path] | None = None,
+               calib_tiles: int = DEFAULT_CALIB_TILES, accuracy_warn_only: bool = False,
+               keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
     """Export ``model`` into ``out_dir`` (encoder.onnx, decoder.onnx, report, manifest).
 
     ``parity_slides``: slides to draw real tissue tiles from (default: ``../shared/data``; an empty
     list means random inputs only, which the report states). Raises :class:`ParityError` — and
     writes nothing — when a graph is beyond the registry tolerances.
+
+    ``precision`` fp16/int8: the FP32 export (checked as above) goes to a staging folder and the
+    graphs of ``out_dir`` are derived from it (:func:`wsisam.export.precision.derive_precision`),
+    with calibration (INT8) and held-out accuracy tiles from the slides ``calib`` (files or
+    folders; FP16 defaults to the parity slides). Raises :class:`AccuracyError` below the gate
+    unless ``accuracy_warn_only``.
     """
     require("torch", "export", "wsisam-export")
     require("onnx", "export", "wsisam-export")
+    if precision == "fp32" and (calib or keep_float):
+        raise ConfigError("--calib and --keep-float apply to --precision fp16/int8 only; drop "
+                          "them or choose a precision")
+    if precision != "fp32":
+        return _export_lower(model, Path(out_dir), precision, calib, calib_tiles,
+                             accuracy_warn_only, keep_float,
+                             {"weights": weights, "random_init": random_init,
+                              "parity_slides": parity_slides, "parity_tiles": parity_tiles,
+                              "external_threshold": external_threshold, "check": check})
     from wsisam.export.onnx_export import PROTOBUF_LIMIT, export_graph
     from wsisam.export.weights import load_model
 
@@ -76,6 +96,41 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+def _export_lower(model: str, out_dir: Path, precision: str, calib: list[Path] | None,
+                  calib_tiles: int, warn_only: bool, keep_float: tuple[str, ...],
+                  fp32_args: dict[str, Any]) -> dict[str, Any]:
+    """FP32 export into a staging folder, then the ``precision`` graphs derived from it."""
+    from wsisam.calib.dataset import resolve_slides
+    from wsisam.export.precision import LOWER_PRECISIONS, derive_precision
+
+    if precision not in LOWER_PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; use fp32, fp16 or int8")
+    if precision == "int8" and not calib:
+        raise ConfigError("--precision int8 needs calibration slides: pass --calib SLIDE "
+                          "[SLIDE ...] or a folder of slides")
+    if calib_tiles < 1:
+        raise ConfigError(f"--calib-tiles must be at least 1, got {calib_tiles}")
+    for pattern in keep_float:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"--keep-float '{pattern}' is not a valid regular expression "
+                              f"({exc}); pass a Python regex matching node names") from None
+    slides = resolve_slides(list(calib)) if calib else default_parity_slides()
+    if not slides:
+        raise ConfigError(f"--precision {precision} needs real slides for its accuracy gate: "
+                          f"pass --calib SLIDE [SLIDE ...] or a folder of slides")
+    _check_destination(out_dir)
+    fp32_dir = out_dir.parent / f".{out_dir.name}.fp32-{os.getpid()}"
+    shutil.rmtree(fp32_dir, ignore_errors=True)
+    try:
+        run_export(model, fp32_dir, **fp32_args)
+        return derive_precision(fp32_dir, out_dir, precision, slides, calib_tiles=calib_tiles,
+                                warn_only=warn_only, keep_float=keep_float)
+    finally:
+        shutil.rmtree(fp32_dir, ignore_errors=True)
 
 
 def _check_destination(out_dir: Path) -> None:
