@@ -13,20 +13,22 @@ def _rings(geom: BaseGeometry) -> list[tuple[np.ndarray, list[np.ndarray]]]:
             for p in polys if not p.is_empty]
 
 
+def paint(label: np.ndarray, geom: BaseGeometry | None, value: int, downsample: float) -> None:
+    """Paint one level-0 geometry with ``value`` into ``label`` (H, W) uint8 in place, where pixel
+    (r, c) covers level-0 [c·ds, (c+1)·ds) × [r·ds, (r+1)·ds); holes are cleared to 0."""
+    if geom is None or geom.is_empty:
+        return
+    for exterior, holes in _rings(geom):
+        # fillPoly takes pixel centres: level-0 x maps to x/ds - 0.5 in raster pixels
+        cv2.fillPoly(label, [np.round(exterior / downsample - 0.5).astype(np.int32)], int(value))
+        if holes:
+            cv2.fillPoly(label, [np.round(h / downsample - 0.5).astype(np.int32) for h in holes], 0)
+
+
 def rasterize(geoms: list[BaseGeometry | None], values: list[int], out_hw: tuple[int, int],
               downsample: float) -> np.ndarray:
-    """Paint each geometry (level-0 px) with its value into a (H, W) uint8 label image whose pixel
-    (r, c) covers level-0 [c·ds, (c+1)·ds) × [r·ds, (r+1)·ds); holes are cleared to 0; later
-    geometries paint over earlier ones."""
+    """A (H, W) uint8 label image of the geometries (later ones paint over earlier ones)."""
     label = np.zeros(out_hw, np.uint8)
     for geom, value in zip(geoms, values):
-        if geom is None or geom.is_empty:
-            continue
-        for exterior, holes in _rings(geom):
-            # fillPoly takes pixel centres: level-0 x maps to x/ds - 0.5 in raster pixels
-            pts = [np.round(exterior / downsample - 0.5).astype(np.int32)]
-            cv2.fillPoly(label, pts, int(value))
-            if holes:
-                cv2.fillPoly(label, [np.round(h / downsample - 0.5).astype(np.int32)
-                                     for h in holes], 0)
+        paint(label, geom, value, downsample)
     return label

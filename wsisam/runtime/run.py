@@ -10,8 +10,6 @@ finished.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,14 +22,11 @@ from wsisam.runtime.prompted import DEFAULT_CONTEXT, PromptResult, segment_promp
 from wsisam.runtime.prompts import load_prompts
 from wsisam.runtime.raster import rasterize
 from wsisam.runtime.slide import SlideReader, open_slide
+from wsisam.runtime.outputs import THUMB_PX, OutputSet, label_downsample, label_shape
 from wsisam.runtime.writers.geojson import feature, write_feature_collection
-from wsisam.runtime.writers.overlay import write_overlay_png
-from wsisam.runtime.writers.report import write_json
-from wsisam.runtime.writers.tiff import write_label_pyramid
 
 log = logging.getLogger(__name__)
 
-THUMB_PX = 1024
 DEFAULT_CLASS = "SAM object"
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60)]
@@ -129,35 +124,19 @@ def _features(results: list[PromptResult], classes: dict[str, int]) -> list[dict
 
 def _write_outputs(cfg: RunConfig, reader: SlideReader, results: list[PromptResult], mpp: float,
                    report: dict[str, Any]) -> dict[str, Path]:
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(cfg.slide).stem
-    names = {"geojson": f"{stem}.geojson", "mask": f"{stem}.mask.tif",
-             "overlay": f"{stem}.overlay.png", "report": f"{stem}.report.json"}
-    stage = out_dir / f".wsisam-partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with OutputSet(cfg.out_dir, cfg.slide) as outs:
         classes = _classes(results)
         geoms = [r.geometry for r in results]
         values = [classes[_class_name(r)] for r in results]
-        write_feature_collection(stage / names["geojson"], _features(results, classes))
-        w0, h0 = reader.level_dimensions[0]
-        ds = max(1, round(report["model"]["mpp"] / mpp))  # label at ~the model's resolution
-        label = rasterize(geoms, values, (-(-h0 // ds), -(-w0 // ds)), ds)
-        write_label_pyramid(stage / names["mask"], label, (mpp * ds, mpp * ds))
+        write_feature_collection(outs.staged("geojson"), _features(results, classes))
+        ds = label_downsample(reader.level_dimensions[0], mpp, report["model"]["mpp"])
+        label = rasterize(geoms, values, label_shape(reader.level_dimensions[0], ds), ds)
         thumb = reader.thumbnail(THUMB_PX)
-        label_thumb = rasterize(geoms, values, thumb.shape[:2], w0 / thumb.shape[1])
-        write_overlay_png(stage / names["overlay"], thumb, label_thumb)
-        report["outputs"] = {k: str(out_dir / v) for k, v in names.items()}
-        report["label_mask"] = {"downsample": ds, "mpp": mpp * ds, "shape_hw": label.shape,
+        label_thumb = rasterize(geoms, values, thumb.shape[:2],
+                                reader.level_dimensions[0][0] / thumb.shape[1])
+        report["label_mask"] = {**outs.write_rasters(label, ds, mpp, thumb, label_thumb),
                                 "classes": classes}
-        write_json(stage / names["report"], report)
-        for key in ("geojson", "mask", "overlay", "report"):  # report last: it marks completion
-            os.replace(stage / names[key], out_dir / names[key])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return {k: out_dir / v for k, v in names.items()}
+        return outs.commit(report)
 
 
 def _report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float, mpp_source: str,

@@ -164,7 +164,8 @@ def feature(geometry: BaseGeometry | None, properties: Mapping[str, Any] | None 
             for a prompt that gave an empty mask).
         properties: extra properties (QuPath keeps ``name``, ``color``, ``measurements`` (a dict
             of numbers) and ``metadata``; other keys are kept in the file).
-        id: feature id; QuPath ≥0.4 keeps it if it is a UUID. None → a new random UUID.
+        id: feature id, kept as given (str/int); QuPath ≥0.4 keeps it if it is a UUID. None → a
+            new random UUID.
         object_type: QuPath ``objectType``: "annotation", "detection", "cell", "tile".
         classification: class name, (name, (r, g, b)) or {"name", "color"}; colour defaults to a
             stable colour per name.
@@ -176,7 +177,7 @@ def feature(geometry: BaseGeometry | None, properties: Mapping[str, Any] | None 
     props.update({k: v for k, v in extra.items() if k not in props})
     return {
         "type": "Feature",
-        "id": str(id) if id is not None else str(uuid.uuid4()),
+        "id": id if isinstance(id, (str, int)) else str(id if id is not None else uuid.uuid4()),
         "geometry": None if geometry is None or geometry.is_empty else _rounded(geometry),
         "properties": props,
     }
@@ -193,3 +194,27 @@ def write_feature_collection(path: str | os.PathLike[str],
     text = json.dumps(to_jsonable(feature_collection(features)), ensure_ascii=False,
                       separators=(",", ":"), allow_nan=False)
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+class FeatureStream:
+    """A FeatureCollection written one feature at a time, so memory does not grow with the slide.
+
+    Not atomic by itself: write it inside a staging folder (see ``runtime/outputs.py``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._f = open(self.path, "w", encoding="utf-8")
+        self._f.write('{"type":"FeatureCollection","features":[\n')
+
+    def add(self, feat: Mapping[str, Any]) -> None:
+        text = json.dumps(to_jsonable(dict(feat)), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
+        self._f.write((",\n" if self.count else "") + text)
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.write("\n]}\n")
+            self._f.close()
