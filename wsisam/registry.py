@@ -251,6 +251,107 @@ class ModelSpec:
         return {"encoder": self.encoder_graph(), "decoder": self.decoder_graph()}
 
 
+LR_LAYOUTS = ("shared", "concentric")
+
+
+@dataclass(frozen=True)
+class WsiSamArch:
+    """WSI-SAM's two HQ-SAM-style decoder heads (HR and LR) on a frozen SAM-family model.
+
+    ``vit_dim``: channels of the encoder's early feature (``interm_embeddings``), which sizes
+    ``compress_vit_feat.0`` of both heads: TinyViT ``embed_dims[2]`` (output of ``layers[1]``),
+    ViT ``embed_dim`` (output of the first global-attention block); checked against the encoder.
+    ``lr_scale``: LR µm/px ÷ HR µm/px; the released pairs are HR 10×, LR 5× (2). An integer, so
+    that a shared LR tile holds whole HR tiles.
+    ``lr_layout``: the runtime's default LR geometry (``"shared"`` or ``"concentric"``).
+    ``end_to_end_logits_max_abs``: export gate on ORT encoder → ORT decoder vs the torch
+    reference; the decoder graph alone is gated by ``tolerances.logits_max_abs``.
+    """
+
+    vit_dim: int
+    lr_scale: int = 2
+    lr_layout: str = "shared"
+    end_to_end_logits_max_abs: float = 1e-3
+
+
+def early_feature_dim(encoder: Union[TinyViTArch, ViTArch]) -> int:
+    """Channels of the encoder's early feature (see :class:`WsiSamArch`)."""
+    return encoder.embed_dims[2] if isinstance(encoder, TinyViTArch) else encoder.embed_dim
+
+
+@dataclass(frozen=True)
+class WsiSamSpec(ModelSpec):
+    """WSI-SAM (family ``"wsisam"``): the SAM-family encoder run on an HR and an LR tile, and one
+    fused decoder graph (HR head + LR head, fused as the released ``inference.py`` does).
+
+    ``mpp`` is the HR working resolution; the LR tile is ``input_px`` px at ``heads.lr_scale`` ×
+    that, so it sees ``lr_scale``× the field of view. Both graphs keep the names ``encoder`` and
+    ``decoder`` so that every consumer of :meth:`graphs` (manifest, backends, engine builder)
+    handles them unchanged.
+    """
+
+    heads: WsiSamArch | None = None
+
+    def __post_init__(self) -> None:
+        if self.heads is None:
+            raise ConfigError(f"{self.name}: a WSI-SAM spec needs its heads (WsiSamArch)")
+        if self.heads.vit_dim != early_feature_dim(self.encoder):
+            raise ConfigError(f"{self.name}: heads.vit_dim {self.heads.vit_dim} != the encoder's "
+                              f"early-feature channels {early_feature_dim(self.encoder)}")
+        if self.heads.lr_layout not in LR_LAYOUTS or self.heads.lr_scale < 2:
+            raise ConfigError(f"{self.name}: lr_layout must be one of {LR_LAYOUTS} and lr_scale an "
+                              f"integer ≥ 2")
+
+    @property
+    def lr_mpp(self) -> float:
+        """µm per LR model-input pixel."""
+        return self.mpp * self.heads.lr_scale
+
+    def encoder_graph(self) -> GraphSpec:
+        """``image`` → ``image_embeddings`` and ``interm_embeddings`` (batch, vit_dim, h, w):
+        the early feature, NCHW (the released code's (B, h, w, C) permuted, so the decoder's
+        ``compress_vit_feat`` transposed conv reads it directly)."""
+        n, h, w = self.input_px, *self.embed_hw
+        return GraphSpec(
+            name="encoder",
+            inputs=(TensorSpec("image", "float32", ("batch", 3, n, n)),),
+            outputs=(TensorSpec("image_embeddings", "float32", ("batch", self.embed_dim, h, w)),
+                     TensorSpec("interm_embeddings", "float32",
+                                ("batch", self.heads.vit_dim, h, w))),
+            profile={"batch": (1, 4, 16)},
+        )
+
+    def decoder_graph(self) -> GraphSpec:
+        """HR head + LR head fused → mask logits in the HR model-input frame.
+
+        Prompts as in the SAM decoder (boxes = two points labelled 2, 3; points 1/0; padding -1),
+        one label set for both resolutions; ``hr_point_coords`` in HR model-input px and
+        ``lr_point_coords`` the same points in LR model-input px (mapped on the host). The LR
+        early feature is not an input: in the released fusion it cannot affect the output.
+        Outputs: ``masks`` (num_prompts, 1, n, n) logits (> 0 is the mask) and
+        ``iou_predictions`` (num_prompts, 1), the frozen SAM IoU head's score of SAM's own HR mask.
+        """
+        (h, w), c, n = self.embed_hw, self.embed_dim, self.input_px
+        prompts = ("num_prompts", "num_points")
+        return GraphSpec(
+            name="decoder",
+            inputs=(
+                TensorSpec("hr_image_embeddings", "float32", (1, c, h, w)),
+                TensorSpec("hr_interm_embeddings", "float32", (1, self.heads.vit_dim, h, w)),
+                TensorSpec("lr_image_embeddings", "float32", (1, c, h, w)),
+                TensorSpec("hr_point_coords", "float32", (*prompts, 2)),
+                TensorSpec("lr_point_coords", "float32", (*prompts, 2)),
+                TensorSpec("point_labels", "float32", prompts),
+            ),
+            outputs=(
+                TensorSpec("masks", "float32", ("num_prompts", 1, n, n)),
+                TensorSpec("iou_predictions", "float32", ("num_prompts", 1)),
+            ),
+            # full-size logits are n² floats per prompt (4 MiB at 1024): a smaller max batch
+            profile={"num_prompts": (1, 16, 64), "num_points": (1, 2, 64)},
+        )
+
+
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)
 
@@ -382,5 +483,94 @@ register(
         mpp=2.0,
         weights=WeightsSource(kind="random"),
         seed=4321,
+    )
+)
+
+# WSI-SAM: the released model is MobileSAM (TinyViT-5M at 1024 px) + two heads (net_high.pth,
+# net_low.pth), HR 10× (~1.0 µm/px) with LR 5× context. The decoder graph alone must match the
+# torch reference of the released fusion to 1e-4.
+_WSISAM_TOL = Tolerances(embedding_max_abs=1e-3, logits_max_abs=1e-4, mask_iou_min=0.99)
+_WSISAM_MOBILE = TinyViTArch(img_size=1024, patch_embed="conv3x3s2", with_head=True, **_TINYVIT_5M)
+register(
+    WsiSamSpec(
+        name="wsisam",
+        family="wsisam",
+        description="WSI-SAM (MobileSAM TinyViT-5M at 1024 px, HR ~1.0 µm/px + LR 2× context); "
+                    "weights: mobile_sam.pt + net_high.pth net_low.pth",
+        encoder=_WSISAM_MOBILE,
+        decoder=DecoderArch(),
+        preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
+        mpp=1.0,
+        multimask=False,  # the fused graph returns one mask (token 0 + the HR/LR tokens)
+        weights=WeightsSource(kind="user", filename="mobile_sam.pt"),
+        tolerances=_WSISAM_TOL,
+        heads=WsiSamArch(vit_dim=early_feature_dim(_WSISAM_MOBILE)),
+    )
+)
+for _name, _dim, _depth, _heads, _glob in (
+    ("wsisam-vit-b", 768, 12, 12, (2, 5, 8, 11)),
+    ("wsisam-vit-l", 1024, 24, 16, (5, 11, 17, 23)),
+    ("wsisam-vit-h", 1280, 32, 16, (7, 15, 23, 31)),
+):
+    _vit = ViTArch(img_size=1024, embed_dim=_dim, depth=_depth, num_heads=_heads,
+                   global_attn_indexes=_glob)
+    register(
+        WsiSamSpec(
+            name=_name,
+            family="wsisam",
+            description=f"WSI-SAM heads on SAM {_name[11:].upper()} (1024 px; the release ships "
+                        f"heads for MobileSAM only); weights: sam_vit_* + --heads",
+            encoder=_vit,
+            decoder=DecoderArch(),
+            preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
+            mpp=1.0,
+            multimask=False,
+            weights=WeightsSource(kind="user", filename=f"sam_vit_{_name[-1]}.pth"),
+            tolerances=_WSISAM_TOL,
+            heads=WsiSamArch(vit_dim=early_feature_dim(_vit)),
+        )
+    )
+
+# Toy WSI-SAM configs: the same code paths (MobileSAM's stride-2 patch embedding, window padding,
+# interm at layers[1] / the first global block) at sizes that run in milliseconds. The HR field
+# is 1024 µm as for the real model, so tile layouts on a slide are the same.
+_TEST_WSI_TINYVIT = TinyViTArch(img_size=128, embed_dims=(16, 24, 40, 48), depths=(1, 1, 2, 1),
+                                num_heads=(1, 2, 2, 2), window_sizes=(4, 3, 5, 3),
+                                patch_embed="conv3x3s2", out_chans=32, with_head=True,
+                                num_classes=10)
+register(
+    WsiSamSpec(
+        name="test-wsisam",
+        family="wsisam",
+        description="test config: WSI-SAM on a TinyViT (3x3/2 patch embed) at 128 px, random "
+                    "seeded weights",
+        encoder=_TEST_WSI_TINYVIT,
+        decoder=_TINY_DECODER,
+        preprocess=Preprocess(input_px=128, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
+        mpp=8.0,
+        multimask=False,
+        weights=WeightsSource(kind="random"),
+        tolerances=_WSISAM_TOL,
+        seed=2403,
+        heads=WsiSamArch(vit_dim=early_feature_dim(_TEST_WSI_TINYVIT)),
+    )
+)
+_TEST_WSI_VIT = ViTArch(img_size=64, embed_dim=48, depth=3, num_heads=2, global_attn_indexes=(1,),
+                        window_size=3, out_chans=32)
+register(
+    WsiSamSpec(
+        name="test-wsisam-vit",
+        family="wsisam",
+        description="test config: WSI-SAM on a SAM ViT at 64 px (vit_dim 48), random seeded "
+                    "weights",
+        encoder=_TEST_WSI_VIT,
+        decoder=_TINY_DECODER,
+        preprocess=Preprocess(input_px=64, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
+        mpp=16.0,
+        multimask=False,
+        weights=WeightsSource(kind="random"),
+        tolerances=_WSISAM_TOL,
+        seed=9257,
+        heads=WsiSamArch(vit_dim=early_feature_dim(_TEST_WSI_VIT)),
     )
 )

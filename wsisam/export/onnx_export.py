@@ -56,8 +56,12 @@ def example_inputs(spec: ModelSpec, graph: str) -> tuple[torch.Tensor, ...]:
 
 
 def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
-                 external_threshold: int = PROTOBUF_LIMIT) -> list[Path]:
+                 external_threshold: int = PROTOBUF_LIMIT, module: nn.Module | None = None,
+                 inputs: tuple[torch.Tensor, ...] | None = None) -> list[Path]:
     """Export one graph to ``out_dir/<graph>.onnx``; returns the files written.
+
+    ``module``/``inputs`` replace the SAM graph wrapper and its trace inputs (other families,
+    e.g. WSI-SAM, bring their own); names and dynamic axes still come from ``spec.graphs()``.
 
     Weights move to one external-data file ``<graph>.onnx.data`` when the graph is larger than
     ``external_threshold`` bytes (the protobuf limit by default; lower in tests to exercise it).
@@ -70,7 +74,10 @@ def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
     import onnx
 
     gspec: GraphSpec = spec.graphs()[graph]
-    module = EncoderGraph(sam) if graph == "encoder" else DecoderGraph(sam)
+    if module is None:
+        module = EncoderGraph(sam) if graph == "encoder" else DecoderGraph(sam)
+    if inputs is None:
+        inputs = example_inputs(spec, graph)
     dynamic = {t.name: t.dynamic_axes() for t in (*gspec.inputs, *gspec.outputs) if t.dynamic_axes()}
     final = Path(out_dir) / f"{graph}.onnx"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{graph}-trace-") as scratch:
@@ -80,7 +87,7 @@ def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
             # strided slices; neither is actionable for a user, and parity is checked below
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module.eval(), example_inputs(spec, graph), str(traced), dynamo=False,
+                module.eval(), inputs, str(traced), dynamo=False,
                 opset_version=OPSET, input_names=gspec.input_names,
                 output_names=gspec.output_names, dynamic_axes=dynamic, do_constant_folding=True,
             )

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "export_report.json"
 PARITY_TILES = 8
+PARITY_TILES_WSISAM = 4  # HR/LR pairs: its torch reference decodes prompt by prompt
 
 
 def default_parity_slides() -> list[Path]:
@@ -43,8 +44,12 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
                external_threshold: int | None = None, check: bool = True,
                precision: str = "fp32", calib: list[Path] | None = None,
                calib_tiles: int = DEFAULT_CALIB_TILES, accuracy_warn_only: bool = False,
-               keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
+               keep_float: tuple[str, ...] = (),
+               heads: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """Export ``model`` into ``out_dir`` (encoder.onnx, decoder.onnx, report, manifest).
+
+    ``heads``: WSI-SAM's two head files (HR, LR); WSI-SAM models go to
+    :func:`wsisam.export.wsisam_export.run_wsisam_export`.
 
     ``parity_slides``: slides to draw real tissue tiles from (default: ``../shared/data``; an empty
     list means random inputs only, which the report states). Raises :class:`ParityError` — and
@@ -58,6 +63,14 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
     """
     require("torch", "export", "wsisam-export")
     require("onnx", "export", "wsisam-export")
+    if get_model(model).family == "wsisam":
+        from wsisam.export.wsisam_export import run_wsisam_export
+
+        return run_wsisam_export(model, Path(out_dir), weights, heads, random_init,
+                                 parity_slides, min(parity_tiles, PARITY_TILES_WSISAM),
+                                 external_threshold, check, precision)
+    if heads:
+        raise ConfigError(f"--heads applies to WSI-SAM models only, not {model}")
     if precision == "fp32" and (calib or keep_float):
         raise ConfigError("--calib and --keep-float apply to --precision fp16/int8 only; drop "
                           "them or choose a precision")
