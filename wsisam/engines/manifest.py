@@ -144,3 +144,124 @@ def _file_diffs(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
             elif sha256_file(p) != digest:
                 diffs.append(f"{graph} file {fname} modified or corrupt (sha256 differs)")
     return diffs
+
+
+# --- TensorRT plans -----------------------------------------------------------------------------
+# Plans live in their own folder (default ``<model dir>/tensorrt``) with their own manifest,
+# ``plans.json``: they are built later than the ONNX export, on the machine that runs them, from
+# the graphs of one model directory, and are tied to that GPU and TensorRT version. The model
+# directory's ``manifest.json`` is left as export wrote it.
+
+PLAN_DIR_NAME = "tensorrt"
+PLAN_MANIFEST_NAME = "plans.json"
+PLAN_FORMAT_VERSION = 1
+
+
+def read_plan_manifest(plan_dir: Path) -> dict[str, Any]:
+    """The ``plans.json`` of ``plan_dir`` (:class:`ArtifactError` if absent or not JSON)."""
+    path = Path(plan_dir) / PLAN_MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{plan_dir} has no {PLAN_MANIFEST_NAME} (no TensorRT plans, or an "
+                            f"unfinished build); build them with wsisam-build")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); rebuild with wsisam-build") from exc
+
+
+def write_plan_manifest(plan_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``plans.json`` atomically (the last file of a build)."""
+    path = Path(plan_dir) / PLAN_MANIFEST_NAME
+    tmp = path.with_name(f".{PLAN_MANIFEST_NAME}.partial")
+    tmp.write_text(json.dumps({"format": PLAN_FORMAT_VERSION, **manifest}, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    """"10.16.1.11" → (10, 16, 1, 11); non-numeric parts end the tuple."""
+    out = []
+    for part in str(v).split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
+
+
+def check_plan_compat(entry: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    """Every difference between a plan manifest and the runtime about to load it (pure).
+
+    ``entry``: the ``plans.json`` written by the builder. ``facts``: what the runtime sees —
+    ``model``, ``precision``, ``spec_digest`` and ``source_files`` ({graph: {file: sha256}}) from
+    the model directory's manifest; ``graphs`` (the graphs it needs); ``plan_sha256``
+    ({graph: sha256 of the plan file, or None if missing}; omitted: not checked);
+    ``tensorrt_module`` ("tensorrt" or "tensorrt_lean") and ``tensorrt_version`` of the
+    importable runtime; ``gpu_name`` and ``compute_capability`` of the device. Facts that are
+    absent are not checked (so the model-level part can be checked without a GPU).
+
+    Rules (TensorRT docs): a plain plan runs only on the TensorRT version that built it, with the
+    full runtime; a version-compatible plan runs on that version or a later one, also on the lean
+    runtime, and one built with the lean runtime excluded needs ``tensorrt_lean`` to load; every
+    plan is refused on another GPU (name or compute capability), as TensorRT selects kernels for
+    the device it builds on.
+    """
+    diffs: list[str] = []
+    if entry.get("format") != PLAN_FORMAT_VERSION:
+        diffs.append(f"plan manifest format {entry.get('format')} != {PLAN_FORMAT_VERSION}")
+    for key in ("model", "precision", "spec_digest"):
+        if key in facts and entry.get(key) != facts[key]:
+            diffs.append(f"plans built for {key} '{entry.get(key)}' != this model directory's "
+                         f"'{facts[key]}'")
+    plans = entry.get("plans") or {}
+    sources = (entry.get("source") or {}).get("files") or {}
+    for graph in facts.get("graphs", plans):
+        if graph not in plans:
+            diffs.append(f"no plan for graph '{graph}'")
+            continue
+        if "source_files" in facts and sources.get(graph) != facts["source_files"].get(graph):
+            diffs.append(f"{graph} plan built from other ONNX files than this model directory's "
+                         f"(sha256 differs)")
+        if graph in facts.get("plan_sha256", {}):
+            have = facts["plan_sha256"][graph]
+            fname = plans[graph].get("file", f"{graph}.plan")
+            if have is None:
+                diffs.append(f"{graph} plan file {fname} missing")
+            elif have != plans[graph].get("sha256"):
+                diffs.append(f"{graph} plan file {fname} modified or corrupt (sha256 differs)")
+    diffs += _trt_diffs(entry.get("tensorrt") or {}, facts)
+    diffs += _gpu_diffs(entry.get("gpu") or {}, facts)
+    return diffs
+
+
+def _trt_diffs(trt: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    if "tensorrt_version" not in facts:
+        return []
+    built, have = str(trt.get("version")), str(facts["tensorrt_version"])
+    module = facts.get("tensorrt_module", "tensorrt")
+    if not trt.get("version_compatible"):
+        diffs = []
+        if version_tuple(built)[:3] != version_tuple(have)[:3]:
+            diffs.append(f"built with TensorRT {built}, this runtime is {module} {have} (a plan "
+                         f"that is not version-compatible runs only on the version that built it)")
+        if module != "tensorrt":
+            diffs.append(f"plan is not version-compatible, which {module} cannot run (rebuild "
+                         f"with --version-compatible, or install the full tensorrt)")
+        return diffs
+    diffs = []
+    if version_tuple(have)[:3] < version_tuple(built)[:3]:
+        diffs.append(f"built with TensorRT {built}, newer than this runtime's {module} {have}")
+    if trt.get("exclude_lean_runtime") and module != "tensorrt_lean":
+        diffs.append("plan excludes the lean runtime, so it loads with tensorrt_lean only "
+                     "(pip install 'wsisam[tensorrt]')")
+    return diffs
+
+
+def _gpu_diffs(gpu: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    diffs = []
+    if "compute_capability" in facts and gpu.get("compute_capability") != facts[
+            "compute_capability"]:
+        diffs.append(f"built for compute capability {gpu.get('compute_capability')}, this GPU "
+                     f"has {facts['compute_capability']}")
+    if "gpu_name" in facts and gpu.get("name") != facts["gpu_name"]:
+        diffs.append(f"built on GPU '{gpu.get('name')}', this is '{facts['gpu_name']}'")
+    return diffs

@@ -32,12 +32,16 @@ class OrtBackend(Backend):
     """
 
     def __init__(self, graph_path: Path, spec: GraphSpec, backend: str = "ort-cpu",
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, allow_spinning: bool = True) -> None:
+        """``intra_op_threads`` 0: ORT's default (one per physical core). ``allow_spinning``
+        False: idle ORT threads sleep instead of busy-waiting, which matters when several
+        sessions share the cores (the pipelined runtime runs encoder and decoder at once)."""
         super().__init__(graph_path, spec)
         if backend not in PROVIDERS:
             raise ConfigError(f"unknown ONNX Runtime backend '{backend}'; use one of {list(PROVIDERS)}")
         self.name = backend
         self.intra_op_threads = intra_op_threads
+        self.allow_spinning = allow_spinning
         self._session = None
 
     def _load_impl(self) -> None:
@@ -53,10 +57,12 @@ class OrtBackend(Backend):
             )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
+        if not self.allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(
-                str(self.graph_path), sess_options=opts, providers=[p for p in wanted if p in have]
+                str(self.graph_path), sess_options=opts, providers=self._provider_list(wanted, have)
             )
         except Exception as exc:  # ORT raises several private exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -64,6 +70,10 @@ class OrtBackend(Backend):
                 f"cannot load ONNX graph {self.graph_path}: {first[:200]}; re-export it with "
                 f"wsisam-export"
             ) from exc
+
+    def _provider_list(self, wanted: list[str], have: set[str]) -> list:
+        """Providers passed to the session: names, or (name, options) pairs (GPU backends)."""
+        return [p for p in wanted if p in have]
 
     def _run_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._session.run(self.spec.output_names, feed)
