@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import resource
-import sys
 from pathlib import Path
 from typing import Any
+
+from wsisam.runtime.run_automatic import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 
 REPO = Path(__file__).resolve().parents[1]
 # The real slides sit beside the repository, never inside it (see ../shared/data/README.md).
@@ -22,12 +22,6 @@ def bench_home() -> Path:
     """Cache for generated benchmark inputs: ``$WSISAM_HOME/bench`` or ~/.cache/wsisam/bench."""
     home = Path(os.environ.get("WSISAM_HOME", Path.home() / ".cache" / "wsisam"))
     return home / "bench"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)  # macOS reports bytes
 
 
 def sha256_file(path: Path) -> str:
@@ -55,3 +49,22 @@ def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+
+
+def model_dir_for(name: str, model_dir: Path | None) -> Path:
+    """The ONNX export to benchmark: ``model_dir``, or the cached default (exported if needed)."""
+    from wsisam.engines.manifest import check_manifest, read_manifest
+    from wsisam.errors import ArtifactError
+    from wsisam.runtime.model import default_model_dir
+
+    if model_dir is not None:
+        return model_dir
+    mdir = default_model_dir(name)
+    try:
+        check_manifest(mdir, read_manifest(mdir), model=name)
+    except ArtifactError as exc:
+        print(f"exporting {name} to {mdir} ({str(exc).split(';')[0]}) …", flush=True)
+        from wsisam.export.run import run_export
+
+        run_export(name, mdir)
+    return mdir

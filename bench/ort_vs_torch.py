@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `bench.common` importable
     sys.path.insert(0, str(REPO))
 
-from bench.common import DATA, HE_SLIDES, machine_info
+from bench.common import DATA, HE_SLIDES, machine_info, model_dir_for
 
 DECODE_BATCH = 16  # boxes per decoder call: a crop's prompts decode together in the runtime
 ENCODE_BATCHES = (1, 4)
@@ -45,25 +45,6 @@ class Inputs:
     prompt_tiles: list[int]  # indices into images
     coords: list[np.ndarray]  # per prompt tile: (DECODE_BATCH, 2, 2) float32
     labels: list[np.ndarray]  # per prompt tile: (DECODE_BATCH, 2) float32
-
-
-def model_dir_for(name: str, model_dir: Path | None) -> Path:
-    """The ONNX export to benchmark: ``model_dir``, or the cached default (exported if needed)."""
-    from wsisam.engines.manifest import check_manifest, read_manifest
-    from wsisam.errors import ArtifactError
-    from wsisam.runtime.model import default_model_dir
-
-    if model_dir is not None:
-        return model_dir
-    mdir = default_model_dir(name)
-    try:
-        check_manifest(mdir, read_manifest(mdir), model=name)
-    except ArtifactError as exc:
-        print(f"exporting {name} to {mdir} ({str(exc).split(';')[0]}) …", flush=True)
-        from wsisam.export.run import run_export
-
-        run_export(name, mdir)
-    return mdir
 
 
 def load_inputs(spec: Any, n_tiles: int, seed: int) -> Inputs:

@@ -115,3 +115,55 @@ def tiny_int8_dir(tiny_model_dir, tmp_path_factory) -> Path:
     derive_precision(tiny_model_dir, root / "int8", "int8", slides, calib_tiles=8,
                      heldout_tiles=4, warn_only=True, cache_root=root / "calib")
     return root / "int8"
+
+
+@pytest.fixture(scope="session")
+def wsisam_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test-wsisam exported (random seeded weights), parity vs the released-fusion reference on
+    random inputs and on real HR/LR tile pairs where slides exist."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from wsisam.export.run import run_export
+
+    out = tmp_path_factory.mktemp("models") / "test-wsisam"
+    run_export("test-wsisam", out, parity_tiles=2)
+    return out
+
+
+# --- GPU / TensorRT markers: skip with the reason where the machine lacks them ------------------
+
+_MISSING: dict[str, str | None] = {}
+
+
+def _gpu_missing() -> str | None:
+    """Why there is no usable CUDA device here (None: there is one). Creates no CUDA object."""
+    if "gpu" not in _MISSING:
+        from wsisam.runtime.backends.cuda import probe_device
+
+        facts, why = probe_device(0)
+        _MISSING["gpu"] = None if facts else why
+    return _MISSING["gpu"]
+
+
+def _tensorrt_missing(builder: bool) -> str | None:
+    import importlib.util
+
+    if builder:
+        return None if importlib.util.find_spec("tensorrt") else (
+            "the full TensorRT (builder) is not installed: pip install tensorrt-cu12")
+    if importlib.util.find_spec("tensorrt_lean") or importlib.util.find_spec("tensorrt"):
+        return None
+    return "TensorRT is not installed: pip install 'wsisam[tensorrt]'"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.gpu`` needs a CUDA device; ``@pytest.mark.tensorrt`` needs TensorRT
+    (``tensorrt(builder=True)``: the full package with its builder). Skips say what is missing."""
+    if item.get_closest_marker("gpu") is not None:
+        why = _gpu_missing()
+        if why:
+            pytest.skip(f"needs a CUDA GPU: {why}")
+    mark = item.get_closest_marker("tensorrt")
+    if mark is not None:
+        why = _tensorrt_missing(bool(mark.kwargs.get("builder")))
+        if why:
+            pytest.skip(f"needs TensorRT: {why}")

@@ -72,11 +72,6 @@ def test_prompts_outside_slide(tmp_path, tiny_model_dir, cmu_slide):
     assert no_outputs(tmp_path / "out")
 
 
-def test_no_prompts_is_a_clear_error(tmp_path, tiny_model_dir, cmu_slide):
-    res = run([cmu_slide, "--model-dir", tiny_model_dir, "-o", tmp_path / "out"])
-    assert_one_line_error(res, "--prompts")
-
-
 def test_model_dir_for_another_model(tmp_path, tiny_model_dir, cmu_slide):
     res = run([cmu_slide, "--prompts", box_file(tmp_path), "--model", "litemedsam", "--model-dir",
                tiny_model_dir, "-o", tmp_path / "out"])

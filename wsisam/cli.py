@@ -17,6 +17,8 @@ import click
 
 from wsisam.errors import ArtifactError, WsisamError
 from wsisam.registry import DEFAULT_MODEL, list_models
+from wsisam.runtime.auto_pipeline import PipelineConfig
+from wsisam.runtime.automatic import SCHEMES, AutoConfig
 from wsisam.runtime.backends import BACKENDS
 
 
@@ -65,6 +67,9 @@ class _ManyValues(click.Option):
 @click.option("--model", "model", type=click.Choice(list_models()), default=DEFAULT_MODEL,
               show_default=True, help="Registered model name.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (.pth/.pt).")
+@click.option("--heads", nargs=2, type=click.Path(path_type=Path), default=None,
+              metavar="HIGH LOW",
+              help="WSI-SAM head files: the HR head (net_high.pth) then the LR head (net_low.pth).")
 @click.option("--random-init", is_flag=True,
               help="Export with seeded random weights (smoke tests/benchmarks; said in every output).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
@@ -87,7 +92,8 @@ class _ManyValues(click.Option):
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Model directory to write.")
 @click.option("-q", "--quiet", is_flag=True)
-def export_main(model: str, weights: Path | None, random_init: bool, precision: str,
+def export_main(model: str, weights: Path | None, heads: tuple[Path, Path] | None,
+                random_init: bool, precision: str,
                 calib: tuple[Path, ...], calib_tiles: int, accuracy_warn_only: bool,
                 keep_float: tuple[str, ...], parity_slides: tuple[Path, ...], out_dir: Path,
                 quiet: bool) -> None:
@@ -97,7 +103,8 @@ def export_main(model: str, weights: Path | None, random_init: bool, precision: 
     def go() -> None:
         from wsisam.export.run import run_export
 
-        report = run_export(model, out_dir, weights=weights, random_init=random_init,
+        report = run_export(model, out_dir, weights=weights, heads=heads or None,
+                            random_init=random_init,
                             parity_slides=list(parity_slides) or None, precision=precision,
                             calib=list(calib) or None, calib_tiles=calib_tiles,
                             accuracy_warn_only=accuracy_warn_only, keep_float=keep_float)
@@ -147,36 +154,59 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--mpp", type=float, help="µm per level-0 pixel, for slides without MPP metadata.")
 @click.option("--context", type=float, default=2.0, show_default=True,
-              help="Crop side as a multiple of the prompt's longest side.")
+              help="With --prompts: crop side as a multiple of the prompt's longest side.")
+@click.option("--scheme", type=click.Choice(SCHEMES), default=AutoConfig.prompt_scheme,
+              show_default=True,
+              help="Automatic mode: box proposals from stain blobs, or a SAM point grid.")
+@click.option("--min-score", type=float, default=AutoConfig.pred_iou_thresh, show_default=True,
+              help="Automatic mode: keep objects whose predicted IoU is at least this.")
+@click.option("--readers", type=click.IntRange(1, 64), default=PipelineConfig.readers,
+              show_default=True, help="Automatic mode: slide-reading threads.")
+@click.option("--encoder-batch", type=click.IntRange(1, 256),
+              default=PipelineConfig.encoder_batch, show_default=True,
+              help="Automatic mode: tiles per encoder call.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
-             backend: str, mpp: float | None, context: float, out_dir: Path, quiet: bool,
+             backend: str, mpp: float | None, context: float, scheme: str, min_score: float,
+             readers: int, encoder_batch: int, out_dir: Path, quiet: bool,
              as_json: bool) -> None:
-    """Segment SLIDE with a SAM-family model; write GeoJSON, label TIFF, overlay and report."""
+    """Segment SLIDE with a SAM-family model; write GeoJSON, label TIFF, overlay and report.
+
+    Without --prompts every object on the tissue is segmented (automatic mode)."""
     _setup_logging(quiet)
 
     def go() -> None:
         from wsisam.runtime.run import RunConfig, run_slide
 
-        if prompts is None:
-            raise ArtifactError("automatic (prompt-free) mode is not built yet; pass --prompts "
-                                "FILE.geojson with boxes or points in level-0 pixels")
         mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
         cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
-                        model=model, backend=backend, mpp=mpp, context=context)
-        result = run_slide(cfg, on_progress=None if quiet else _progress())
+                        model=model, backend=backend, mpp=mpp, context=context,
+                        auto=AutoConfig(prompt_scheme=scheme, pred_iou_thresh=min_score),
+                        pipeline=PipelineConfig(readers=readers, encoder_batch=encoder_batch))
+        unit = "crop" if prompts is not None else "tile"
+        result = run_slide(cfg, on_progress=None if quiet else _progress(unit))
         if as_json:
             click.echo(json.dumps(result.report, indent=2, default=str))
         elif not quiet:
-            r = result.report
-            click.echo(f"{r['prompts']['segmented']}/{r['prompts']['count']} prompts segmented "
-                       f"({r['crops']['count']} crops, {r['crops']['encoder_passes']} encoder passes, "
-                       f"{len(r['crops']['skipped'])} skipped) with {r['model']['name']} on "
-                       f"{r['backend']['backend']} in {r['timings_s']['segment_total']} s → {out_dir}")
+            click.echo(_run_summary(result.report, out_dir))
 
     _guard(go)
+
+
+def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
+    if r["mode"] == "automatic":
+        t = r["tiles"]
+        return (f"{r['objects']['count']} objects on {t['processed']} tissue tiles "
+                f"({len(t['skipped'])} skipped) with {r['model']['name']} on "
+                f"{r['backend']['backend']} in {r['timings_s']['segment']} s "
+                f"({r['throughput']['tiles_per_s']} tiles/s; bottleneck: "
+                f"{r['pipeline']['bottleneck']}) → {out_dir}")
+    return (f"{r['prompts']['segmented']}/{r['prompts']['count']} prompts segmented "
+            f"({r['crops']['count']} crops, {r['crops']['encoder_passes']} encoder passes, "
+            f"{len(r['crops']['skipped'])} skipped) with {r['model']['name']} on "
+            f"{r['backend']['backend']} in {r['timings_s']['segment_total']} s → {out_dir}")
 
 
 def _default_model_dir(model: str, quiet: bool) -> Path:
@@ -206,7 +236,8 @@ def _default_model_dir(model: str, quiet: bool) -> Path:
     return mdir
 
 
-def _progress() -> Callable[[int, int], None] | None:
+def _progress(unit: str) -> Callable[[int, int], None] | None:
+    """A tqdm bar on a terminal (done / total, rate, ETA); None (quiet) when stderr is not one."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
@@ -215,9 +246,60 @@ def _progress() -> Callable[[int, int], None] | None:
 
     def update(done: int, total: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, unit="crop", file=sys.stderr, leave=False)
+            bar["bar"] = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
         bar["bar"].update(done - bar["bar"].n)
         if done == total:
             bar["bar"].close()
 
     return update
+
+
+# --- wsisam-build: TensorRT plans (issue: TensorRT engines and the GPU runtime) ------------------
+# A separate command rather than `wsisam-export --backend tensorrt`: export needs torch and runs
+# anywhere; plans must be built on the GPU (and TensorRT version) that will run them, from an
+# existing model directory, without torch, and are rebuilt per machine.
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path),
+              help="Plan folder to write (default: MODEL_DIR/tensorrt, where the runtime looks).")
+@click.option("--version-compatible", is_flag=True,
+              help="Plans that later TensorRT versions and the lean runtime (tensorrt_lean) run.")
+@click.option("--exclude-lean-runtime", is_flag=True,
+              help="With --version-compatible: leave the lean runtime out of the plans "
+                   "(smaller; then only tensorrt_lean loads them).")
+@click.option("--workspace-mb", type=int, help="Builder workspace limit (default: TensorRT's).")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="Timing cache to load and update (default: timing.cache in the plan folder).")
+@click.option("--opt-level", "opt_level", type=int,
+              help="Builder optimisation level 0-5 (default: TensorRT's).")
+@click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the check of each plan against ONNX Runtime (CPU) on random inputs.")
+@click.option("-q", "--quiet", is_flag=True)
+def build_main(model_dir: Path, out_dir: Path | None, version_compatible: bool,
+               exclude_lean_runtime: bool, workspace_mb: int | None, timing_cache: Path | None,
+               opt_level: int | None, device: int, no_verify: bool, quiet: bool) -> None:
+    """Build TensorRT plans for MODEL_DIR's graphs on this GPU (strongly typed: the precision
+    is the ONNX graphs')."""
+    _setup_logging(quiet)
+
+    def go() -> None:
+        from wsisam.engines.tensorrt_build import BuildConfig, build_plans
+
+        cfg = BuildConfig(version_compatible=version_compatible,
+                          exclude_lean_runtime=exclude_lean_runtime,
+                          workspace_bytes=workspace_mb * (1 << 20) if workspace_mb else None,
+                          timing_cache=timing_cache, device=device, optimization_level=opt_level,
+                          verify=not no_verify)
+        entry = build_plans(model_dir, out_dir, cfg)
+        if not quiet:
+            plans = ", ".join(f"{g} {p['bytes'] / 1e6:.1f} MB" for g, p in entry["plans"].items())
+            trt = entry["tensorrt"]
+            vc = " version-compatible" if trt["version_compatible"] else ""
+            click.echo(f"built {entry['model']} {entry['precision']} plans ({plans}) with "
+                       f"TensorRT {trt['version']}{vc} on {entry['gpu']['name']} "
+                       f"(compute {entry['gpu']['compute_capability']}) in {entry['seconds']} s "
+                       f"→ {out_dir or Path(model_dir) / 'tensorrt'}")
+
+    _guard(go)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wsisam.runtime.pipeline import SKIP, Pipeline, Stage
+from wsisam.runtime.pipeline import SKIP, Pipeline, Stage, in_flight_bound
 
 
 def pipeline_threads() -> list[str]:
@@ -66,7 +66,8 @@ def test_single_workers_keep_input_order() -> None:
 def test_back_pressure_bounds_items_in_flight(consumer_sleep: float) -> None:
     stages = [Stage("a", double, queue_size=2), Stage("b", sleeper(0.001), workers=2, queue_size=3),
               Stage("slow", sleeper(0.005), queue_size=1)]
-    bound = sum(s.queue_size + s.workers for s in stages)  # the documented bound: 10
+    bound = in_flight_bound(stages)
+    assert bound == sum(s.queue_size + s.workers for s in stages) == 10
     pulled = consumed = max_in_flight = 0
 
     def source() -> Iterator[int]:
@@ -173,7 +174,55 @@ def test_stats_and_bottleneck() -> None:
 def test_invalid_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="workers"):
         Stage("a", double, workers=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        Stage("a", double, batch_size=0)
     with pytest.raises(ValueError, match="unique"):
         Pipeline([Stage("a", double), Stage("a", double)])
     with pytest.raises(ValueError, match="at least one"):
         Pipeline([])
+
+
+def test_batched_stage_takes_what_is_queued_and_keeps_one_result_per_item() -> None:
+    sizes: list[int] = []
+
+    def batch_square(xs: list[int]) -> list[Any]:
+        sizes.append(len(xs))
+        time.sleep(0.01)  # slower than its producer: its queue fills and batches form
+        return [SKIP if x % 10 == 0 else x * x for x in xs]
+
+    pipe = Pipeline([Stage("a", double), Stage("enc", batch_square, batch_size=4, queue_size=8)])
+    got = list(pipe.run(range(100)))
+    assert got == [(2 * x) ** 2 for x in range(100) if (2 * x) % 10]  # one worker: order kept
+    assert max(sizes) == 4 and sum(sizes) == 100
+    assert sizes.count(4) >= 10  # batches really fill
+    stats = pipe.stats()["enc"]
+    assert stats["items_in"] == 100 and stats["skipped"] == 20 and stats["items_out"] == 80
+    assert not pipeline_threads()
+
+
+def test_batched_stage_does_not_wait_for_a_full_batch_at_the_end() -> None:
+    pipe = Pipeline([Stage("enc", lambda xs: [x + 1 for x in xs], batch_size=16,
+                           batch_wait_s=5.0)])
+    t0 = time.perf_counter()
+    assert list(pipe.run(range(3))) == [1, 2, 3]
+    assert time.perf_counter() - t0 < 2.0  # end of stream closes the partial batch at once
+
+
+def test_batched_stage_with_wrong_result_count_fails() -> None:
+    pipe = Pipeline([Stage("enc", lambda xs: xs[:1], batch_size=4, batch_wait_s=0.05)])
+    with pytest.raises(RuntimeError, match="returned 1 results for"):
+        list(pipe.run(range(10)))
+    assert not pipeline_threads()
+
+
+def test_sequential_run_gives_the_same_results_with_stats() -> None:
+    stages = [Stage("a", double), Stage("b", skip_thirds, workers=3),
+              Stage("enc", lambda xs: [x + 1 for x in xs], batch_size=4), Stage("c", square)]
+    pipe = Pipeline(stages)
+    concurrent = Counter(pipe.run(range(60)))
+    got = list(pipe.run_sequential(range(60)))
+    assert Counter(got) == concurrent
+    stats = pipe.stats()
+    assert stats["b"]["skipped"] == sum(1 for x in range(60) if double(x) % 3 == 0)
+    assert stats["enc"]["items_in"] == len(got) and stats["b"]["workers"] == 3
+    assert stats["a"]["wait_in_s"] == 0.0 and not pipeline_threads()

@@ -1,54 +1,118 @@
-"""Automatic (prompt-free) segmentation of every object on the tissue, tile by tile.
+"""Automatic (prompt-free) segmentation of one tile: prompts, batched decoding, filters, NMS and
+which objects the tile owns.
 
-Prompt scheme, chosen by measurement (``bench/prompt_context.py``, docs/design.md): LiteMedSAM was
-trained with boxes; a point prompt on a real nucleus gives mean Dice 0.03 against 0.70 for its box.
-So the prompts are **box proposals**: stain blobs of the tile (hematoxylin density on brightfield,
-brightness on fluorescence), each box decoded through the decoder's prompt axis in batches, then
-filtered by predicted IoU and stability score, de-duplicated by mask NMS, specks removed.
+Prompt schemes (``AutoConfig.prompt_scheme``), compared on the real slides by
+``bench/auto_prompts.py`` (docs/design.md, "Automatic mode"):
+- ``"boxes"`` (default): box proposals from the tile's stain blobs — hematoxylin density on
+  brightfield, brightness on fluorescence, touching blobs split at their necks — one box prompt
+  per blob. LiteMedSAM was trained on
+  boxes; the model turns a rough blob box into the object's outline.
+- ``"points"``: SAM's automatic-mask-generator grid of ``points_per_side``² single points.
 
-Seams: tiles overlap by ``overlap_px`` model px (more than an object's diameter), blobs touching a
-tile's border are not proposed (their extent is unknown there), and a tile keeps only the objects
-whose mask centroid lies in its ``core_l0`` (cores are disjoint and cover the slide), so an object
-cut by one tile's border is segmented whole by the tile that owns it. :class:`SeamDeduper` removes
-the rare object kept by two neighbours (centroid on a core boundary).
+Filters, as SAM's automatic mask generator: predicted IoU ≥ ``pred_iou_thresh``, stability
+score ≥ ``stability_thresh``, specks below ``min_object_um2`` removed, then greedy mask NMS.
+
+Sizes are physical (µm) and become model px at the model's resolution (:class:`TileSizes`).
+Seams (frames: *tile* = model px of one tile, ``*_l0`` = level-0 px). Tiles overlap by
+``max_object_um``; objects are at most that across (larger proposals and masks are dropped), so
+every object lies whole inside some tile. Masks touching a tile border that is not the slide's
+edge are dropped (their extent is unknown there), and a tile keeps only the objects whose mask
+centroid lies in its core (cores are disjoint and cover the slide): an object cut by one tile's
+border is kept, whole, from the tile that owns its centre. :class:`SeamDeduper` removes the rare
+object found by two neighbours (centroid on a core boundary).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from wsisam.calib.objects import stained_objects
-from wsisam.runtime.model import SamRuntime
-from wsisam.runtime.postprocess import logits_to_crop
-from wsisam.runtime.preprocess import InputGeometry, boxes_to_prompts
+from wsisam.calib.objects import (density_threshold, fluorescence_density, fluorescent_objects,
+                                  hematoxylin_density, stained_objects)
+from wsisam.runtime.postprocess import logits_to_crop, select_mask_token
+from wsisam.runtime.preprocess import InputGeometry, boxes_to_prompts, points_to_prompts
 from wsisam.runtime.tiling import TileRequest
 from wsisam.runtime.writers.geojson import mask_to_polygons
+
+SCHEMES = ("boxes", "points")
 
 
 @dataclass(frozen=True)
 class AutoConfig:
-    """Automatic-mode settings (model px unless named otherwise)."""
+    """Automatic-mode settings; sizes in µm (the defaults are for nuclei)."""
 
-    overlap_px: int = 64
-    min_tissue: float = 0.05
+    prompt_scheme: str = "boxes"
+    max_object_um: float = 32.0  # largest object side kept; also the tile overlap
+    min_tissue: float = 0.05  # tiles with less tissue (thumbnail mask) are not read
     pred_iou_thresh: float = 0.5
-    stability_thresh: float = 0.8
+    stability_thresh: float = 0.6
     stability_offset: float = 1.0
     nms_iou: float = 0.5
-    min_area_px: int = 20
-    max_proposals: int = 128
-    prompt_batch: int = 64
+    min_object_um2: float = 5.0  # smaller masks, components and blobs are specks
+    # "boxes": touching blobs are split at their necks (distance-transform seeds at least this
+    # deep, i.e. objects ≥ 2× this across); 0 keeps Otsu's connected components whole.
+    split_radius_um: float = 2.0
+    max_proposals: int = 128  # per tile
+    # Prompts are decoded only when their centre lies in the tile's core grown by this margin:
+    # the others' objects belong to a neighbour (ownership is by mask centroid, which sits within
+    # a few µm of the prompt's centre for objects ≤ max_object_um).
+    core_margin_um: float = 4.0
+    points_per_side: int = 16  # "points" scheme
+    # Prompts per decoder call: the LiteMedSAM decoder holds ~25 MiB of activations per prompt
+    # (measured peak RSS: 16 → 0.75 GiB, 64 → 1.95 GiB) and runs no faster per prompt above 16.
+    prompt_batch: int = 16
+    # Tissue tiles sampled (evenly over the plan) for the slide-wide stain threshold; 0: each
+    # tile thresholds itself (Otsu), which makes blobs depend on where the seams fall.
+    threshold_tiles: int = 16
     object_class: str = "Nucleus"
+
+    def __post_init__(self) -> None:
+        if self.prompt_scheme not in SCHEMES:
+            from wsisam.errors import ConfigError
+
+            raise ConfigError(f"unknown prompt scheme '{self.prompt_scheme}'; use one of "
+                              f"{', '.join(SCHEMES)}")
+
+
+@dataclass(frozen=True)
+class TileSizes:
+    """An :class:`AutoConfig`'s sizes in model px at the model's µm/px."""
+
+    overlap_px: int
+    min_area_px: int
+    split_radius_px: float
+    core_margin_px: float
+
+    @classmethod
+    def of(cls, cfg: AutoConfig, model_mpp: float) -> "TileSizes":
+        return cls(overlap_px=max(1, round(cfg.max_object_um / model_mpp)),
+                   min_area_px=max(1, round(cfg.min_object_um2 / model_mpp**2)),
+                   split_radius_px=cfg.split_radius_um / model_mpp,
+                   core_margin_px=cfg.core_margin_um / model_mpp)
+
+
+@dataclass
+class Candidate:
+    """A filtered mask of one tile: ``mask`` (h, w) bool cropped to ``box`` (x0, y0, x1, y1 tile
+    px, exclusive), its predicted IoU ``score`` and ``stability``."""
+
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    score: float
+    stability: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
 
 
 @dataclass
 class Detection:
-    """One object: level-0 ``geometry`` with its predicted IoU, stability score and owner tile."""
+    """One object: level-0 ``geometry``, predicted IoU, stability, owner tile, mask centroid."""
 
     geometry: BaseGeometry
     score: float
@@ -57,11 +121,72 @@ class Detection:
     centroid_l0: tuple[float, float]
 
 
-def propose_boxes(rgb: np.ndarray, fluorescence: bool, cfg: AutoConfig) -> np.ndarray:
-    """Box proposals (K, 4) xyxy in tile px from stain blobs not touching the tile border."""
-    src = 255 - rgb if fluorescence else rgb  # bright nuclei on dark → dark-on-light for the OD
-    objs = stained_objects(src, min_area_px=cfg.min_area_px, max_objects=cfg.max_proposals)
-    return np.array([o.box_xyxy for o in objs], np.float32).reshape(-1, 4)
+def propose(rgb: np.ndarray, fluorescence: bool, cfg: AutoConfig, sizes: TileSizes,
+            threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts for one tile (H, W, 3) uint8 (tile px = model-input px: tiles are read square at
+    ``input_px``): point_coords (K, P, 2) and point_labels (K, P) for the decoder.
+
+    ``threshold``: the slide's stain threshold (:func:`slide_stain_threshold`); None: the tile's.
+    """
+    if cfg.prompt_scheme == "points":
+        n = cfg.points_per_side
+        side = rgb.shape[1]
+        c = (np.arange(n, dtype=np.float32) + 0.5) * side / n
+        xy = np.stack(np.meshgrid(c, c), -1).reshape(-1, 1, 2)
+        return points_to_prompts(list(xy), [np.ones(1, np.float32)] * len(xy))
+    find = fluorescent_objects if fluorescence else stained_objects
+    objs = find(rgb, min_area_px=sizes.min_area_px, max_objects=cfg.max_proposals,
+                split_px=sizes.split_radius_px, threshold=threshold)
+    boxes = np.array([o.box_xyxy for o in objs
+                      if max(o.box_xyxy[2] - o.box_xyxy[0], o.box_xyxy[3] - o.box_xyxy[1])
+                      <= sizes.overlap_px], np.float32).reshape(-1, 4)
+    return boxes_to_prompts(boxes)
+
+
+def slide_stain_threshold(tiles_rgb: list[np.ndarray], fluorescence: bool) -> float | None:
+    """One stain threshold for the slide, from a sample of its tissue tiles (each (H, W, 3)
+    uint8): blobs then do not change with the tile that sees them, so neighbouring tiles
+    propose the same objects at their seams. None without tiles."""
+    if not tiles_rgb:
+        return None
+    dens = fluorescence_density if fluorescence else hematoxylin_density
+    return density_threshold([dens(t) for t in tiles_rgb])
+
+
+def core_in_tile(tile: TileRequest) -> tuple[float, float, float, float]:
+    """The tile's core (x0, y0, x1, y1) in tile px."""
+    px_l0 = (tile.box_l0[2] - tile.box_l0[0]) / tile.size_px
+    ox, oy = tile.box_l0[:2]
+    x0, y0, x1, y1 = tile.core_l0
+    return (x0 - ox) / px_l0, (y0 - oy) / px_l0, (x1 - ox) / px_l0, (y1 - oy) / px_l0
+
+
+def near_core(coords: np.ndarray, labels: np.ndarray, tile: TileRequest,
+              margin_px: float) -> np.ndarray:
+    """(K,) bool: prompts whose centre (mean of the non-padding points, tile px) lies in the
+    tile's core grown by ``margin_px``."""
+    real = (labels != -1)[..., None]
+    centre = (coords * real).sum(1) / np.maximum(real.sum(1), 1)
+    x0, y0, x1, y1 = core_in_tile(tile)
+    return ((centre[:, 0] >= x0 - margin_px) & (centre[:, 0] < x1 + margin_px)
+            & (centre[:, 1] >= y0 - margin_px) & (centre[:, 1] < y1 + margin_px))
+
+
+def decode_prompts(decode: Any, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray,
+                   multimask: bool, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """All prompts of one tile through ``decode(embedding, coords, labels)`` in batches of
+    ``batch``; one mask token per prompt (:func:`select_mask_token`). Returns logits (K, mh, mw)
+    and scores (K,)."""
+    logits, scores = [], []
+    single_points = multimask and coords.shape[1] == 2 and bool((labels[:, 1] == -1).all())
+    for start in range(0, len(coords), batch):
+        low_res, iou = decode(embedding, coords[start:start + batch], labels[start:start + batch])
+        lg, sc = select_mask_token(low_res, iou, np.full(len(low_res), single_points))
+        logits.append(lg)
+        scores.append(sc)
+    if not logits:
+        return np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(logits), np.concatenate(scores)
 
 
 def stability_score(logits: np.ndarray, offset: float) -> float:
@@ -73,65 +198,85 @@ def stability_score(logits: np.ndarray, offset: float) -> float:
 def remove_specks(mask: np.ndarray, min_area_px: int) -> np.ndarray:
     """Keep the connected components of ``mask`` (H, W bool) with at least ``min_area_px`` px."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
-    return np.isin(labels, keep) if keep else np.zeros_like(mask, bool)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area_px
+    return keep[labels]
 
 
-def mask_nms(masks: list[np.ndarray], scores: list[float], iou_thresh: float) -> list[int]:
-    """Indices kept by greedy mask NMS (highest score first)."""
-    order = np.argsort(scores)[::-1]
-    kept: list[int] = []
-    flat = [m.reshape(-1) for m in masks]
-    areas = [int(f.sum()) for f in flat]
-    for i in order:
-        for j in kept:
-            inter = int(np.logical_and(flat[i], flat[j]).sum())
-            if inter > iou_thresh * (areas[i] + areas[j] - inter):
-                break
-        else:
-            kept.append(int(i))
-    return kept
+def open_sides(tile: TileRequest, level0_wh: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+    """Which tile borders (left, top, right, bottom) lie inside the slide, i.e. may cut objects."""
+    x0, y0, x1, y1 = tile.box_l0
+    return x0 > 0, y0 > 0, x1 < level0_wh[0], y1 < level0_wh[1]
 
 
-def decode_tile(rt: SamRuntime, embedding: np.ndarray, boxes_in: np.ndarray,
-                geom: InputGeometry, cfg: AutoConfig) -> list[tuple[np.ndarray, float, float]]:
-    """Masks (tile frame, bool), predicted IoUs and stability scores of the boxes that pass the
-    filters; decoded ``cfg.prompt_batch`` prompts per call."""
-    n = rt.spec.input_px
+def filter_masks(logits: np.ndarray, scores: np.ndarray, geom: InputGeometry, input_px: int,
+                 sides: tuple[bool, bool, bool, bool], cfg: AutoConfig,
+                 sizes: TileSizes) -> list[Candidate]:
+    """Masks (tile frame) that pass the score, stability, size and border filters."""
     out = []
-    for start in range(0, len(boxes_in), cfg.prompt_batch):
-        coords, labels = boxes_to_prompts(boxes_in[start:start + cfg.prompt_batch])
-        low_res, iou = rt.decode(embedding, coords, labels)
-        for lg, s in zip(low_res[:, 0], iou[:, 0]):
-            if s < cfg.pred_iou_thresh:
-                continue
-            logits = logits_to_crop(lg, geom, n)
-            stab = stability_score(logits, cfg.stability_offset)
-            if stab < cfg.stability_thresh:
-                continue
-            mask = remove_specks(logits > 0, cfg.min_area_px)
-            if mask.any():
-                out.append((mask, float(s), stab))
+    for lg, s in zip(logits, scores):
+        if s < cfg.pred_iou_thresh:
+            continue
+        crop_logits = logits_to_crop(lg, geom, input_px)
+        stab = stability_score(crop_logits, cfg.stability_offset)
+        if stab < cfg.stability_thresh:
+            continue
+        mask = remove_specks(crop_logits > 0, sizes.min_area_px)
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            continue
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        h, w = mask.shape
+        if max(box[2] - box[0], box[3] - box[1]) > sizes.overlap_px:
+            continue
+        touches = (box[0] == 0, box[1] == 0, box[2] == w, box[3] == h)
+        if any(t and side for t, side in zip(touches, sides)):
+            continue
+        out.append(Candidate(mask[box[1]:box[3], box[0]:box[2]], box, float(s), stab))
     return out
 
 
-def tile_detections(tile: TileRequest, candidates: list[tuple[np.ndarray, float, float]],
-                    cfg: AutoConfig) -> list[Detection]:
-    """NMS within the tile, then the objects this tile owns (centroid in its core), in level-0."""
-    keep = mask_nms([c[0] for c in candidates], [c[1] for c in candidates], cfg.nms_iou)
+def _intersection(a: Candidate, b: Candidate) -> int:
+    x0, y0 = max(a.box[0], b.box[0]), max(a.box[1], b.box[1])
+    x1, y1 = min(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    ma = a.mask[y0 - a.box[1]:y1 - a.box[1], x0 - a.box[0]:x1 - a.box[0]]
+    mb = b.mask[y0 - b.box[1]:y1 - b.box[1], x0 - b.box[0]:x1 - b.box[0]]
+    return int(np.logical_and(ma, mb).sum())
+
+
+def mask_nms(cands: list[Candidate], iou_thresh: float) -> list[Candidate]:
+    """Greedy mask NMS, highest predicted IoU first (only box-overlapping pairs are compared)."""
+    kept: list[Candidate] = []
+    areas: dict[int, int] = {}
+    for c in sorted(cands, key=lambda c: -c.score):
+        ac = c.area
+        for k in kept:
+            inter = _intersection(c, k)
+            if inter and inter > iou_thresh * (ac + areas[id(k)] - inter):
+                break
+        else:
+            kept.append(c)
+            areas[id(c)] = ac
+    return kept
+
+
+def owned_detections(tile: TileRequest, cands: list[Candidate]) -> list[Detection]:
+    """The candidates whose mask centroid lies in the tile's core, as level-0 polygons."""
     px_l0 = (tile.box_l0[2] - tile.box_l0[0]) / tile.size_px
     cx0, cy0, cx1, cy1 = tile.core_l0
     dets = []
-    for i in keep:
-        mask, score, stab = candidates[i]
-        ys, xs = np.nonzero(mask)
-        cx = tile.box_l0[0] + (xs.mean() + 0.5) * px_l0
-        cy = tile.box_l0[1] + (ys.mean() + 0.5) * px_l0
+    for c in cands:
+        ys, xs = np.nonzero(c.mask)
+        cx = tile.box_l0[0] + (c.box[0] + xs.mean() + 0.5) * px_l0
+        cy = tile.box_l0[1] + (c.box[1] + ys.mean() + 0.5) * px_l0
         if not (cx0 <= cx < cx1 and cy0 <= cy < cy1):
             continue
-        poly = mask_to_polygons(mask, (px_l0, px_l0, tile.box_l0[0], tile.box_l0[1]))
+        poly = mask_to_polygons(c.mask, (px_l0, px_l0, tile.box_l0[0] + c.box[0] * px_l0,
+                                         tile.box_l0[1] + c.box[1] * px_l0))
         if poly is not None:
-            dets.append(Detection(poly, score, stab, tile.index, (float(cx), float(cy))))
+            dets.append(Detection(poly, c.score, c.stability, tile.index, (float(cx), float(cy))))
     return dets
 
 
@@ -173,6 +318,9 @@ class SeamDeduper:
 
     def evict_above(self, y_l0: float) -> None:
         """Forget objects in grid rows wholly above ``y_l0`` (no later tile reaches them)."""
+        if y_l0 == float("inf"):
+            self._cells.clear()
+            return
         row = int(y_l0 // self.cell) - 1
         for key in [k for k in self._cells if k[1] < row]:
             del self._cells[key]
@@ -183,4 +331,6 @@ class SeamDeduper:
 
 def describe(cfg: AutoConfig) -> dict[str, Any]:
     """The settings as recorded in the report."""
-    return {"prompt_scheme": "box proposals from stain blobs", **vars(cfg)}
+    scheme = ("box proposals from stain blobs" if cfg.prompt_scheme == "boxes"
+              else f"{cfg.points_per_side}×{cfg.points_per_side} point grid")
+    return {"prompts": scheme, **asdict(cfg)}

@@ -23,16 +23,20 @@ class SamRuntime:
     """Runs a SAM-family model directory: ``encode`` tiles, ``decode`` batches of prompts.
 
     ``model``: refuse the directory unless it was exported for this model name (None: accept any).
+    ``backend_options``: passed to both graphs' backends (ORT: ``intra_op_threads``,
+    ``allow_spinning``).
     """
 
-    def __init__(self, model_dir: Path, backend: str = "auto", model: str | None = None) -> None:
+    def __init__(self, model_dir: Path, backend: str = "auto", model: str | None = None,
+                 **backend_options: object) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
         self.spec: ModelSpec = check_manifest(self.model_dir, self.manifest, model=model)
         graphs = self.spec.graphs()
         self.encoder, self.backend_reason = create_backend(
-            backend, self.model_dir / "encoder.onnx", graphs["encoder"])
-        self.decoder, _ = create_backend(backend, self.model_dir / "decoder.onnx", graphs["decoder"])
+            backend, self.model_dir / "encoder.onnx", graphs["encoder"], **backend_options)
+        self.decoder, _ = create_backend(backend, self.model_dir / "decoder.onnx",
+                                         graphs["decoder"], **backend_options)
         self.encoder.load()
         self.decoder.load()
 

@@ -7,7 +7,9 @@ release the GIL, so reading, preprocessing and inference overlap.
 
 Flow per item: ``fn(item)`` → result, put on the next stage's queue (or handed to the caller after
 the last stage); ``fn`` returning :data:`SKIP` drops the item. One result per item: stages do not
-fan out. An end-of-stream sentinel follows the last item through every stage.
+fan out. A stage with a ``batch_size`` takes up to that many queued items at once and its ``fn``
+maps the list to a list of results (batched inference); the results still flow one by one. An
+end-of-stream sentinel follows the last item through every stage.
 """
 
 from __future__ import annotations
@@ -38,17 +40,28 @@ _STOP: Final = _Token.STOP
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: ``fn`` maps an item to a result (or :data:`SKIP`), on ``workers`` threads."""
+    """One step: ``fn`` maps an item to a result (or :data:`SKIP`), on ``workers`` threads.
+
+    ``batch_size`` set (≥ 1): ``fn`` takes a list of 1..batch_size items and returns a list of as
+    many results (each may be :data:`SKIP`). A worker takes what is queued, waiting at most
+    ``batch_wait_s`` for a batch to fill, so a slow producer never stalls it for long.
+    """
 
     name: str
     fn: Callable[[Any], Any]
     workers: int = 1
     queue_size: int = 4  # bound of this stage's input queue
+    batch_size: int | None = None  # None: fn takes one item
+    batch_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.queue_size < 1:
-            raise ValueError(f"stage {self.name!r}: workers and queue_size must be >= 1, "
-                             f"got {self.workers} and {self.queue_size}")
+        if self.workers < 1 or self.queue_size < 1 or (self.batched and self.batch_size < 1):
+            raise ValueError(f"stage {self.name!r}: workers, queue_size and batch_size must be "
+                             f">= 1, got {self.workers}, {self.queue_size} and {self.batch_size}")
+
+    @property
+    def batched(self) -> bool:
+        return self.batch_size is not None
 
 
 @dataclass
@@ -64,6 +77,11 @@ class StageStats:
     workers: int = 1
 
 
+def in_flight_bound(stages: Sequence[Stage]) -> int:
+    """Most items a run holds at once: every queue full and every worker busy with a batch."""
+    return sum(s.queue_size + s.workers * (s.batch_size or 1) for s in stages)
+
+
 class _Run:
     """State of one :meth:`Pipeline.run`: queues, threads, stop flag, first error, permits."""
 
@@ -76,7 +94,7 @@ class _Run:
         # the permits below bound everything in flight, results included.
         self.queues: list[queue.Queue[Any]] = [queue.Queue(s.queue_size) for s in stages]
         self.queues.append(queue.Queue())
-        self.permits = threading.Semaphore(sum(s.queue_size + s.workers for s in stages))
+        self.permits = threading.Semaphore(in_flight_bound(stages))
         self.done = [0] * len(stages)
         self.feeder_stats = StageStats()
         self.worker_stats = [[StageStats() for _ in range(s.workers)] for s in stages]
@@ -149,27 +167,54 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc, "feeder")
 
+    def _take(self, i: int, st: StageStats) -> tuple[list[Any], Any]:
+        """Up to ``batch_size`` items of stage ``i``'s queue, and _END/_STOP if one was met."""
+        stage, q = self.stages[i], self.queues[i]
+        first = self.get(q, st)
+        if first is _STOP or first is _END or self.stop.is_set():
+            return [], first if first is _END else _STOP
+        items = [first]
+        deadline = time.perf_counter() + stage.batch_wait_s
+        while len(items) < (stage.batch_size or 1):
+            try:
+                left = deadline - time.perf_counter()
+                item = q.get(timeout=left) if left > 0 else q.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                return items, _END
+            items.append(item)
+        return items, None
+
     def _work(self, i: int, st: StageStats) -> None:
         """Worker thread of stage ``i``: queues[i] → fn → queues[i + 1]."""
-        stage, q_in, q_out = self.stages[i], self.queues[i], self.queues[i + 1]
+        stage, q_out = self.stages[i], self.queues[i + 1]
         try:
             while True:
-                item = self.get(q_in, st)
-                if item is _STOP or self.stop.is_set():
+                items, token = self._take(i, st)
+                if items:
+                    st.items_in += len(items)
+                    t0 = time.perf_counter()
+                    if stage.batched:
+                        results = list(stage.fn(items))
+                        if len(results) != len(items):
+                            raise RuntimeError(f"batched stage {stage.name!r} returned "
+                                               f"{len(results)} results for {len(items)} items")
+                    else:
+                        results = [stage.fn(items[0])]
+                    st.busy_s += time.perf_counter() - t0
+                    for result in results:
+                        if result is SKIP:
+                            st.skipped += 1
+                            self.permits.release()
+                        elif self._put(q_out, result, st):
+                            st.items_out += 1
+                        else:
+                            return
+                if token is _STOP or self.stop.is_set():
                     return
-                if item is _END:
+                if token is _END:
                     self._end(i, st)
-                    return
-                st.items_in += 1
-                t0 = time.perf_counter()
-                result = stage.fn(item)
-                st.busy_s += time.perf_counter() - t0
-                if result is SKIP:
-                    st.skipped += 1
-                    self.permits.release()
-                elif self._put(q_out, result, st):
-                    st.items_out += 1
-                else:
                     return
         except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the caller
             self._fail(exc, stage.name)
@@ -215,8 +260,8 @@ class Pipeline:
         per stage results come in input order; a stage with more workers yields in completion
         order (carry an index in the item if order matters).
 
-        Memory bound: at most ``sum(s.queue_size + s.workers for s in stages)`` items are pulled
-        from ``items`` and not yet done with: an item stops counting when a stage skips it, or when
+        Memory bound: at most :func:`in_flight_bound` items are pulled from ``items`` and not yet
+        done with: an item stops counting when a stage skips it, or when
         the caller asks for the next result after receiving it.
 
         Errors: the first exception raised by a stage ``fn`` (or by ``items``) stops every stage
@@ -244,6 +289,34 @@ class Pipeline:
         if error is not None:
             raise error
 
+    def run_sequential(self, items: Iterable[Any]) -> Iterator[Any]:
+        """The same stages one item at a time in the caller's thread: the baseline that
+        :meth:`run` is measured against (same functions, no overlap). Batched stages get
+        one-item lists. :meth:`stats` counts the same way (waits stay 0)."""
+        self._feeder_stats = StageStats()
+        self._worker_stats = [[StageStats()] for _ in self._stages]
+        it = iter(items)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self._feeder_stats.busy_s += time.perf_counter() - t0
+            self._feeder_stats.items_out += 1
+            for stage, (st,) in zip(self._stages, self._worker_stats):
+                st.items_in += 1
+                t0 = time.perf_counter()
+                item = stage.fn([item])[0] if stage.batched else stage.fn(item)
+                st.busy_s += time.perf_counter() - t0
+                if item is SKIP:
+                    st.skipped += 1
+                    break
+                st.items_out += 1
+            else:
+                yield item
+
     def stats(self) -> dict[str, dict[str, float | int]]:
         """Counters of the latest run (live while it runs): 'feeder', then each stage by name.
 
@@ -255,6 +328,7 @@ class Pipeline:
         for stage, per_worker in zip(self._stages, self._worker_stats):
             rows = [asdict(st) for st in per_worker]  # one per worker: summed, workers included
             out[stage.name] = {key: sum(row[key] for row in rows) for key in rows[0]}
+            out[stage.name]["workers"] = stage.workers
         return out
 
     def bottleneck(self) -> str:

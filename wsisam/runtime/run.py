@@ -1,4 +1,7 @@
-"""``wsisam-run`` as a library call: slide + prompts + model directory → the four outputs.
+"""``wsisam-run`` as a library call: slide (+ prompts) + model directory → the four outputs.
+
+With prompts, each prompt is segmented (:mod:`wsisam.runtime.prompted`); without, every object on
+the tissue is (automatic mode, :mod:`wsisam.runtime.run_automatic`).
 
 Outputs (``OUT/<slide stem>.*``): ``.geojson`` (one feature per prompt, level-0 px, QuPath
 properties), ``.mask.tif`` (tiled pyramidal label TIFF aligned with the slide), ``.overlay.png``
@@ -17,6 +20,8 @@ from typing import Any, Callable
 
 from wsisam import __version__
 from wsisam.errors import SlideError
+from wsisam.runtime.auto_pipeline import PipelineConfig
+from wsisam.runtime.automatic import AutoConfig, Detection
 from wsisam.runtime.model import SamRuntime
 from wsisam.runtime.prompted import DEFAULT_CONTEXT, PromptResult, segment_prompts
 from wsisam.runtime.prompts import load_prompts
@@ -24,6 +29,8 @@ from wsisam.runtime.raster import rasterize
 from wsisam.runtime.slide import SlideReader, open_slide
 from wsisam.runtime.outputs import THUMB_PX, OutputSet, label_downsample, label_shape
 from wsisam.runtime.writers.geojson import feature, write_feature_collection
+from wsisam.runtime.wsisam_model import open_runtime
+from wsisam.runtime.wsisam_prompted import segment_prompts_wsisam
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +41,21 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run. ``mpp``: overrides the slide's µm/px (required information when the slide has
-    none; without it a fallback is assumed, warned about and written in the report)."""
+    """One run. ``prompts`` None: automatic mode with ``auto`` settings, its stages run as
+    ``pipeline`` says. ``mpp``: overrides the slide's µm/px (required information when the slide
+    has none; without it a fallback is assumed, warned about and written in the report)."""
 
     slide: Path
     out_dir: Path
     model_dir: Path
-    prompts: Path
+    prompts: Path | None = None
     model: str | None = None
     backend: str = "auto"
     mpp: float | None = None
     context: float = DEFAULT_CONTEXT
+    lr_layout: str | None = None  # WSI-SAM only: "shared"/"concentric" (None: the model's)
+    auto: AutoConfig = AutoConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 @dataclass
@@ -70,17 +81,39 @@ def resolve_mpp(reader: SlideReader, override: float | None) -> tuple[float, str
     return assumed, f"assumed {assumed:.3f} µm/px: no MPP in the slide ({why}); pass --mpp"
 
 
-def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Segment ``cfg.prompts`` on ``cfg.slide`` and write the outputs into ``cfg.out_dir``."""
+def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None,
+              on_object: Callable[[Detection], None] | None = None) -> RunResult:
+    """Segment ``cfg.slide`` and write the outputs into ``cfg.out_dir``.
+
+    ``on_progress(done, total)``: after each crop (prompted) or tile (automatic).
+    ``on_object(detection)``: automatic mode, each object as soon as it is final (level-0
+    polygon), in the calling thread — for software that consumes objects while the slide runs.
+    """
+    if cfg.prompts is None:
+        from wsisam.runtime.run_automatic import run_automatic
+
+        return run_automatic(cfg, on_progress, on_object)
+    return _run_prompted(cfg, on_progress)
+
+
+def _run_prompted(cfg: RunConfig, on_progress: Callable[[int, int], None] | None) -> RunResult:
     t0 = time.perf_counter()
-    with open_slide(cfg.slide) as reader, SamRuntime(cfg.model_dir, cfg.backend, cfg.model) as rt:
+    with open_slide(cfg.slide) as reader, open_runtime(cfg.model_dir, cfg.backend, cfg.model) as rt:
         mpp, mpp_source = resolve_mpp(reader, cfg.mpp)
         prompts = load_prompts(cfg.prompts, reader.level_dimensions[0])
         t_open = time.perf_counter() - t0
-        results, crops, skipped, times = segment_prompts(reader, rt, prompts, mpp, cfg.context,
-                                                         on_progress)
+        wsi = None
+        if rt.spec.family == "wsisam":  # HR crops + shared LR context tiles, fused decoder
+            results, crops, skipped, times, wsi = segment_prompts_wsisam(
+                reader, rt, prompts, mpp, cfg.context, on_progress, layout=cfg.lr_layout)
+        else:
+            results, crops, skipped, times = segment_prompts(reader, rt, prompts, mpp,
+                                                             cfg.context, on_progress)
         t_seg = time.perf_counter() - t0
         report = _report(cfg, reader, rt, mpp, mpp_source, prompts, results, crops, skipped)
+        if wsi is not None:  # HR passes + LR passes, not one pass per crop
+            report["crops"]["encoder_passes"] = wsi["encoder_passes"]
+            report["wsisam"] = wsi
         report["timings_s"] = {"open": round(t_open, 3),
                                **{k: round(v, 3) for k, v in asdict(times).items()},
                                "segment_total": round(t_seg - t_open, 3)}
@@ -139,6 +172,21 @@ def _write_outputs(cfg: RunConfig, reader: SlideReader, results: list[PromptResu
         return outs.commit(report)
 
 
+def base_report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float,
+                mpp_source: str, mode: str) -> dict[str, Any]:
+    """What every report starts with: versions, mode, slide, model, backend."""
+    return {
+        "wsisam": __version__,
+        "mode": mode,
+        "slide": {"path": str(cfg.slide), "vendor": reader.vendor,
+                  "level0_wh": list(reader.level_dimensions[0]),
+                  "levels": len(reader.level_dimensions), "mpp": mpp, "mpp_source": mpp_source},
+        "model": {"name": rt.spec.name, "mpp": rt.spec.mpp, "input_px": rt.spec.input_px,
+                  "random_init": bool(rt.manifest.get("random_init"))},
+        "backend": rt.describe(),
+    }
+
+
 def _report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float, mpp_source: str,
             prompts: list, results: list[PromptResult], crops: list, skipped: list
             ) -> dict[str, Any]:
@@ -147,14 +195,7 @@ def _report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float, mpp
         if r.geometry is not None:
             area_um2[_class_name(r)] = area_um2.get(_class_name(r), 0.0) + r.geometry.area * mpp**2
     return {
-        "wsisam": __version__,
-        "mode": "prompted",
-        "slide": {"path": str(cfg.slide), "vendor": reader.vendor,
-                  "level0_wh": list(reader.level_dimensions[0]),
-                  "levels": len(reader.level_dimensions), "mpp": mpp, "mpp_source": mpp_source},
-        "model": {"name": rt.spec.name, "mpp": rt.spec.mpp, "input_px": rt.spec.input_px,
-                  "random_init": bool(rt.manifest.get("random_init"))},
-        "backend": rt.describe(),
+        **base_report(cfg, reader, rt, mpp, mpp_source, "prompted"),
         "prompts": {"file": str(cfg.prompts), "count": len(prompts),
                     **{k: sum(r.status == s for r in results) for k, s in
                        (("segmented", "ok"), ("empty", "empty"), ("skipped", "skipped"))}},

@@ -218,3 +218,9 @@ class FeatureStream:
         if not self._f.closed:
             self._f.write("\n]}\n")
             self._f.close()
+
+    def __enter__(self) -> "FeatureStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
