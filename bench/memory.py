@@ -8,6 +8,8 @@ pipeline holds a bounded number of tiles, objects stream to disk).
 
     python bench/memory.py --size 40000 --mpp 0.25 --model litemedsam \\
         --out bench/results/memory-litemedsam.json
+    python bench/memory.py --slide ../shared/data/CMU-1-Small-Region.svs \\
+        --out bench/results/memory-cmu1-pb16.json -- --prompt-batch 16
 
 Prints one table and writes JSON (RSS trace, the run's report summary, machine).
 """
@@ -66,7 +68,8 @@ def run(slide: Path, model_dir: Path, out: Path, extra: list[str]) -> dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=40000, help="slide side, level-0 px")
+    ap.add_argument("--slide", type=Path, help="an existing slide instead of the mosaic")
+    ap.add_argument("--size", type=int, default=40000, help="mosaic side, level-0 px")
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="litemedsam")
@@ -74,8 +77,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/memory.json"))
     ap.add_argument("run_args", nargs="*", help="extra wsisam-run options (after --)")
     args = ap.parse_args()
-    slide = make_bench_slide(args.size, args.mpp, default_out(args.size, args.mpp, args.seed),
-                             seed=args.seed)
+    slide = args.slide or make_bench_slide(args.size, args.mpp,
+                                           default_out(args.size, args.mpp, args.seed),
+                                           seed=args.seed)
     mdir = model_dir_for(args.model, args.model_dir)
     with tempfile.TemporaryDirectory(prefix="wsisam-memory-") as tmp:
         res = run(slide, mdir, Path(tmp) / "out", args.run_args)
@@ -83,7 +87,8 @@ def main() -> None:
     trace = res["trace"]
     half = len(trace) // 2
     summary = {
-        "slide": str(slide), "level0_wh": rep["slide"]["level0_wh"], "mpp": args.mpp,
+        "slide": str(slide), "level0_wh": rep["slide"]["level0_wh"], "mpp": rep["slide"]["mpp"],
+        "run_args": args.run_args,
         "model": rep["model"]["name"], "random_init": rep["model"]["random_init"],
         "tiles": rep["tiles"]["processed"], "objects": rep["objects"]["count"],
         "wall_s": res["seconds"], "peak_rss_mib": res["peak_rss_mib"],
@@ -93,7 +98,7 @@ def main() -> None:
             rep["pipeline"]["max_tiles_in_flight"], "tiles_per_s": rep["throughput"]["tiles_per_s"],
         "bottleneck": rep["pipeline"]["bottleneck"]}
     print(f"{Path(slide).name} ({summary['level0_wh'][0]}×{summary['level0_wh'][1]} px at "
-          f"{args.mpp} µm/px), {summary['model']}: {summary['tiles']} tiles, "
+          f"{summary['mpp']} µm/px), {summary['model']}: {summary['tiles']} tiles, "
           f"{summary['objects']} objects in {summary['wall_s']} s")
     print(f"peak RSS {summary['peak_rss_mib']} MiB (max in first half of the run "
           f"{summary['rss_max_first_half_mib']}, second half {summary['rss_max_second_half_mib']})")

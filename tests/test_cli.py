@@ -184,27 +184,32 @@ def test_corrupt_tiles_are_skipped_and_reported(tmp_path, tiny_model_dir, lost_t
 
 def test_ctrl_c_leaves_no_outputs(tmp_path, tiny_model_dir, cmu_slide):
     """SIGINT mid-run: exit 130, nothing in the output folder."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     feats = [{"type": "Feature", "id": i, "properties": {}, "geometry": {"type": "Point",
               "coordinates": [20 + (i * 37) % 2180, 20 + (i * 53) % 2900]}} for i in range(3000)]
     p = tmp_path / "many.geojson"
     p.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from wsisam.cli import run_main; run_main()", str(cmu_slide),
-         "--prompts", str(p), "--model-dir", str(tiny_model_dir), "-o", str(out),
-         "--backend", "ort-cpu"], stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    interrupt_run([cmu_slide, "--prompts", p, "--model-dir", tiny_model_dir, "-o", out,
+                   "--backend", "ort-cpu"], after_s=4.0)
+    assert no_outputs(out)
+
+
+def interrupt_run(args, after_s):
+    """``wsisam-run ARGS`` in a subprocess, SIGINT after ``after_s``: it must stop with exit
+    130 and one line, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "from wsisam.cli import run_main; run_main()",
+                             *map(str, args)], stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
-    assert no_outputs(out)
 
 
 # --- precision variants (fp16/int8) -------------------------------------------------------------

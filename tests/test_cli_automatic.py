@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import openslide
 import pytest
 import tifffile
 
-from tests.test_cli import assert_one_line_error, no_outputs, run
+from tests.test_cli import assert_one_line_error, interrupt_run, no_outputs, run
 from wsisam.runtime.run import RunConfig, run_slide
 
 
 @pytest.fixture(scope="module")
 def tiny_auto(tiny_model_dir, cmu_slide, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto")
-    res = run([cmu_slide, "--model-dir", tiny_model_dir, "-o", out, "--json"])
+    res = run([cmu_slide, "--model-dir", tiny_model_dir, "-o", out, "--json", "--pipeline", "on"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout)
 
@@ -53,6 +49,8 @@ def test_automatic_run_writes_the_four_outputs_and_a_pipeline_report(tiny_auto, 
     assert {"read", "prepare", "encode", "decode", "filter", "stitch"} <= set(stages)
     assert all(stages[s]["items_in"] == tiles["planned"] for s in ("read", "encode", "filter"))
     assert report["pipeline"]["bottleneck"] in stages
+    assert report["pipeline"]["concurrent"] and report["pipeline"]["concurrent_reason"] == \
+        "requested"
     assert stages["read"]["workers"] == 2 and report["pipeline"]["max_tiles_in_flight"] > 0
     assert report["throughput"]["tiles_per_s"] > 0 and report["peak_rss_mb"] > 0
     doc = json.loads((out / f"{stem}.geojson").read_text())
@@ -95,14 +93,18 @@ def test_slide_without_tissue_is_a_clear_error(tmp_path, tiny_model_dir):
 
 def test_ctrl_c_in_automatic_mode_leaves_no_outputs(tmp_path, litemedsam_export, cmu_slide):
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from wsisam.cli import run_main; run_main()", str(cmu_slide),
-         "--model-dir", str(litemedsam_export[0]), "-o", str(out), "--backend", "ort-cpu"],
-        stderr=subprocess.PIPE, text=True)
-    time.sleep(8.0)  # the pipeline's threads are busy reading, encoding and decoding by now
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Interrupted" in err and "Traceback" not in err
+    # after 8 s the pipeline's threads are busy reading, encoding and decoding
+    interrupt_run([cmu_slide, "--model-dir", litemedsam_export[0], "-o", out,
+                   "--backend", "ort-cpu", "--pipeline", "on"], after_s=8.0)
     assert no_outputs(out)
+
+
+def test_pipeline_auto_mode_says_what_it_chose(tiny_model_dir, cmu_slide, tmp_path):
+    from wsisam.runtime.auto_pipeline import SEQUENTIAL_MAX_CORES, usable_cores
+
+    res = run([cmu_slide, "--model-dir", tiny_model_dir, "--backend", "ort-cpu", "-o",
+               tmp_path / "out", "--json"])
+    assert res.exit_code == 0, res.output
+    pipe = json.loads(res.stdout)["pipeline"]
+    assert pipe["concurrent"] == (usable_cores() > SEQUENTIAL_MAX_CORES)
+    assert pipe["concurrent_reason"].startswith("auto: inference on the CPU with")

@@ -77,3 +77,20 @@ def test_run_example_prompts_on_cmu(wsisam_tiny_dir, cmu_slide, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "CMU-1-Small-Region.geojson", "CMU-1-Small-Region.mask.tif",
         "CMU-1-Small-Region.overlay.png", "CMU-1-Small-Region.report.json"]
+
+
+def test_run_concentric_layout_from_the_cli(wsisam_tiny_dir, cmu_slide, tmp_path):
+    """--lr-layout concentric: the released geometry, one LR tile per HR tile (2 passes)."""
+    res = CliRunner().invoke(run_main, [str(a) for a in (
+        cmu_slide, "--model-dir", wsisam_tiny_dir, "--prompts", EXAMPLE_PROMPTS, "--backend",
+        "ort-cpu", "--lr-layout", "concentric", "-o", tmp_path / "out", "--json")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    w = json.loads(res.stdout)["wsisam"]
+    assert w["layout"] == "concentric" and w["encoder_passes_per_hr_tile"] == 2.0
+
+
+def test_automatic_mode_refuses_a_wsisam_model(wsisam_tiny_dir, cmu_slide, tmp_path):
+    res = CliRunner().invoke(run_main, [str(a) for a in (
+        cmu_slide, "--model-dir", wsisam_tiny_dir, "-o", tmp_path / "out")])
+    assert_one_line_error(res, "automatic mode runs SAM-family models")
+    assert "pass --prompts" in res.stderr and no_outputs(tmp_path / "out")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from wsisam.errors import ArtifactError, WsisamError
-from wsisam.registry import DEFAULT_MODEL, list_models
+from wsisam.registry import DEFAULT_MODEL, LR_LAYOUTS, list_models
 from wsisam.runtime.auto_pipeline import PipelineConfig
 from wsisam.runtime.automatic import SCHEMES, AutoConfig
 from wsisam.runtime.backends import BACKENDS
@@ -160,18 +160,30 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
               help="Automatic mode: box proposals from stain blobs, or a SAM point grid.")
 @click.option("--min-score", type=float, default=AutoConfig.pred_iou_thresh, show_default=True,
               help="Automatic mode: keep objects whose predicted IoU is at least this.")
+@click.option("--pipeline", "pipeline_mode", type=click.Choice(["auto", "on", "off"]),
+              default="auto", show_default=True,
+              help="Automatic mode: run the stages concurrently (on), one tile at a time (off), "
+                   "or choose by backend and cores (auto; the report says why).")
 @click.option("--readers", type=click.IntRange(1, 64), default=PipelineConfig.readers,
               show_default=True, help="Automatic mode: slide-reading threads.")
 @click.option("--encoder-batch", type=click.IntRange(1, 256),
               default=PipelineConfig.encoder_batch, show_default=True,
               help="Automatic mode: tiles per encoder call.")
+@click.option("--prompt-batch", type=click.IntRange(1, 256), default=AutoConfig.prompt_batch,
+              show_default=True,
+              help="Automatic mode: prompts per decoder call (memory vs GPU efficiency).")
+@click.option("--lr-layout", type=click.Choice(LR_LAYOUTS), default=None,
+              help="WSI-SAM: LR context tiles shared by the HR tiles they cover, or concentric "
+                   "with each HR tile as in the released code (default: the model's, shared).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
              backend: str, mpp: float | None, context: float, scheme: str, min_score: float,
-             readers: int, encoder_batch: int, out_dir: Path, quiet: bool,
-             as_json: bool) -> None:
+             pipeline_mode: str, readers: int, encoder_batch: int, prompt_batch: int,
+             lr_layout: str | None,
+             out_dir: Path,
+             quiet: bool, as_json: bool) -> None:
     """Segment SLIDE with a SAM-family model; write GeoJSON, label TIFF, overlay and report.
 
     Without --prompts every object on the tissue is segmented (automatic mode)."""
@@ -183,8 +195,12 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
         mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
         cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
                         model=model, backend=backend, mpp=mpp, context=context,
-                        auto=AutoConfig(prompt_scheme=scheme, pred_iou_thresh=min_score),
-                        pipeline=PipelineConfig(readers=readers, encoder_batch=encoder_batch))
+                        lr_layout=lr_layout,
+                        auto=AutoConfig(prompt_scheme=scheme, pred_iou_thresh=min_score,
+                                        prompt_batch=prompt_batch),
+                        pipeline=PipelineConfig(
+                            readers=readers, encoder_batch=encoder_batch,
+                            concurrent={"auto": None, "on": True, "off": False}[pipeline_mode]))
         unit = "crop" if prompts is not None else "tile"
         result = run_slide(cfg, on_progress=None if quiet else _progress(unit))
         if as_json:

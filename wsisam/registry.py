@@ -434,22 +434,23 @@ register(
     )
 )
 
-for _name, _dim, _depth, _heads, _glob in (
-    ("sam-vit-b", 768, 12, 12, (2, 5, 8, 11)),
-    ("sam-vit-l", 1024, 24, 16, (5, 11, 17, 23)),
-    ("sam-vit-h", 1280, 32, 16, (7, 15, 23, 31)),
-):
+# SAM ViT sizes: (suffix, embed_dim, depth, heads, global-attention blocks)
+_SAM_VITS = (("vit-b", 768, 12, 12, (2, 5, 8, 11)),
+             ("vit-l", 1024, 24, 16, (5, 11, 17, 23)),
+             ("vit-h", 1280, 32, 16, (7, 15, 23, 31)))
+for _size, _dim, _depth, _heads, _glob in _SAM_VITS:
+    _name = f"sam-{_size}"
     register(
         ModelSpec(
             name=_name,
             family="sam",
-            description=f"Segment Anything {_name[4:].upper()} (1024 px); segment-anything checkpoint",
+            description=f"Segment Anything {_size.upper()} (1024 px); segment-anything checkpoint",
             encoder=ViTArch(img_size=1024, embed_dim=_dim, depth=_depth, num_heads=_heads,
                             global_attn_indexes=_glob),
             decoder=DecoderArch(),
             preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
             mpp=1.0,
-            weights=WeightsSource(kind="user", filename=f"sam_{_name[4:].replace('-', '_')}.pth"),
+            weights=WeightsSource(kind="user", filename=f"sam_{_size.replace('-', '_')}.pth"),
         )
     )
 
@@ -507,25 +508,22 @@ register(
         heads=WsiSamArch(vit_dim=early_feature_dim(_WSISAM_MOBILE)),
     )
 )
-for _name, _dim, _depth, _heads, _glob in (
-    ("wsisam-vit-b", 768, 12, 12, (2, 5, 8, 11)),
-    ("wsisam-vit-l", 1024, 24, 16, (5, 11, 17, 23)),
-    ("wsisam-vit-h", 1280, 32, 16, (7, 15, 23, 31)),
-):
+for _size, _dim, _depth, _heads, _glob in _SAM_VITS:
+    _name = f"wsisam-{_size}"
     _vit = ViTArch(img_size=1024, embed_dim=_dim, depth=_depth, num_heads=_heads,
                    global_attn_indexes=_glob)
     register(
         WsiSamSpec(
             name=_name,
             family="wsisam",
-            description=f"WSI-SAM heads on SAM {_name[11:].upper()} (1024 px; the release ships "
+            description=f"WSI-SAM heads on SAM {_size[4:].upper()} (1024 px; the release ships "
                         f"heads for MobileSAM only); weights: sam_vit_* + --heads",
             encoder=_vit,
             decoder=DecoderArch(),
             preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
             mpp=1.0,
             multimask=False,
-            weights=WeightsSource(kind="user", filename=f"sam_vit_{_name[-1]}.pth"),
+            weights=WeightsSource(kind="user", filename=f"sam_{_size.replace('-', '_')}.pth"),
             tolerances=_WSISAM_TOL,
             heads=WsiSamArch(vit_dim=early_feature_dim(_vit)),
         )

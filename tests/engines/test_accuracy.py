@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CMU, EXAMPLE_PROMPTS, TEST_CALIB_TILES, TEST_HELDOUT_TILES, need
+from tests.engines.test_manifest import edit
 from wsisam.calib.tiles import sample_tissue_tiles
 from wsisam.engines import accuracy
 from wsisam.engines.accuracy import accuracy_vs_fp32, gate_failures
-from wsisam.engines.manifest import MANIFEST_NAME, check_manifest, read_manifest
+from wsisam.engines.manifest import check_manifest, read_manifest
 from wsisam.errors import AccuracyError, ArtifactError
 from wsisam.registry import get_model
 
@@ -85,13 +86,6 @@ def int8_copy(tiny_int8_dir, tmp_path):
     d = tmp_path / "int8"
     shutil.copytree(tiny_int8_dir, d)
     return d
-
-
-def edit(d, **changes):
-    m = json.loads((d / MANIFEST_NAME).read_text())
-    m.update(changes)
-    (d / MANIFEST_NAME).write_text(json.dumps(m))
-    return m
 
 
 @pytest.mark.parametrize("changes,match", [

@@ -13,6 +13,7 @@ from shapely.strtree import STRtree
 
 from tests.conftest import CMU, need
 from wsisam.runtime.auto_pipeline import AutoSegmentation, PipelineConfig
+from wsisam.errors import TileReadError
 from wsisam.runtime.automatic import AutoConfig
 from wsisam.runtime.model import SamRuntime
 from wsisam.runtime.slide import ArrayReader, open_slide
@@ -32,13 +33,13 @@ def region(dx: int = 0, dy: int = 0, size: int = REGION_PX) -> ArrayReader:
 
 @pytest.fixture(scope="module")
 def runtime(litemedsam_export):
-    with SamRuntime(litemedsam_export[0], "ort-cpu", allow_spinning=False) as rt:
+    with SamRuntime(litemedsam_export[0], "ort-cpu") as rt:
         yield rt
 
 
 @pytest.fixture(scope="module")
 def concurrent_run(runtime):
-    seg = AutoSegmentation(region(), runtime, region().mpp)
+    seg = AutoSegmentation(region(), runtime, region().mpp, pipe=PipelineConfig(concurrent=True))
     return seg, list(seg)
 
 
@@ -89,7 +90,8 @@ def test_objects_do_not_depend_on_where_the_seams_fall(concurrent_run, runtime):
     not match the other run, where that place lies inside a tile."""
     _, dets = concurrent_run
     shifted_reader = region(SHIFT_PX, SHIFT_PX)
-    shifted = list(AutoSegmentation(shifted_reader, runtime, shifted_reader.mpp))
+    shifted = list(AutoSegmentation(shifted_reader, runtime, shifted_reader.mpp,
+                                    pipe=PipelineConfig(concurrent=True)))
     # compare inside the common area, away from both regions' outer edges (whole objects only)
     lo, hi = SHIFT_PX + 48, REGION_PX - 48
 
@@ -127,3 +129,34 @@ def test_objects_lie_on_tissue(concurrent_run):
     inside = [tissue[int(d.centroid_l0[1] / ds), int(d.centroid_l0[0] / ds)] for d in dets]
     assert np.mean(inside) > 0.98
     assert all(d.score >= AutoConfig().pred_iou_thresh for d in dets)
+
+
+class LostRegionReader(ArrayReader):
+    """A real CMU-1 region whose lower-right quarter no longer decodes once ``lost`` is set (as
+    a corrupt JPEG tile of level 0 whose coarser levels, and so the thumbnail, are intact)."""
+
+    lost = False
+
+    def read(self, xy_l0, level, size_wh):
+        ds = self.level_downsamples[level]
+        x1, y1 = xy_l0[0] + size_wh[0] * ds, xy_l0[1] + size_wh[1] * ds
+        if self.lost and x1 > REGION_PX / 2 and y1 > REGION_PX / 2:
+            raise TileReadError(f"tile at {xy_l0} is corrupt")
+        return super().read(xy_l0, level, size_wh)
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_unreadable_tiles_are_skipped_and_reported(tiny_model_dir, concurrent):
+    base = region()
+    reader = LostRegionReader(base.read((0, 0), 0, (REGION_PX, REGION_PX)), base.mpp)
+    with SamRuntime(tiny_model_dir, "ort-cpu") as rt:
+        seg = AutoSegmentation(reader, rt, reader.mpp,
+                               pipe=PipelineConfig(concurrent=concurrent))
+        reader.lost = True  # after the tissue mask and plan, made from the thumbnail
+        objects = list(seg)
+    rep = seg.report()
+    skipped = rep["skipped"]
+    assert rep["counts"]["tiles"] == len(seg.tiles) > len(skipped) > 0
+    assert all("corrupt" in s["reason"] for s in skipped)
+    assert all(s["box_l0"][2] > REGION_PX / 2 and s["box_l0"][3] > REGION_PX / 2 for s in skipped)
+    assert all(d.tile_index not in {s["tile"] for s in skipped} for d in objects)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from wsisam.errors import ConfigError, SlideError
 from wsisam.registry import Preprocess
 from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.slide import open_slide, read_region_at
+from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,7 @@ def _build(slides: list[Path], cfg: SamplerConfig, pre: Preprocess, digest: str,
             warnings.append(f"only {len(got)} {name} tiles available from {len(slides)} slides "
                             f"({asked} asked)")
             log.warning("%s; more or larger slides give a better %s set", warnings[-1], name)
-    stage = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with staged_dir(folder) as stage:
         tiles_npy = np.lib.format.open_memmap(stage / "tiles.npy", "w+", np.float32,
                                               (len(calib), 3, pre.input_px, pre.input_px))
         held_rgb = np.zeros((len(heldout), cfg.tile_px, cfg.tile_px, 3), np.uint8)
@@ -168,11 +165,6 @@ def _build(slides: list[Path], cfg: SamplerConfig, pre: Preprocess, digest: str,
         np.save(stage / "heldout_rgb.npy", held_rgb)
         manifest = _manifest(slides, cfg, pre, digest, calib, heldout, warnings)
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        stage.rename(folder)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _slide_candidates(idx: int, path: Path, cfg: SamplerConfig,

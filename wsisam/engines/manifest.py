@@ -62,9 +62,14 @@ def graph_entry(spec: ModelSpec, graph: str, files: list[Path]) -> dict[str, Any
 
 def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (it is the last file written: its presence means done)."""
-    path = Path(model_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.partial")
-    tmp.write_text(json.dumps({"format": FORMAT_VERSION, **manifest}, indent=2, default=str))
+    return _write_json_atomic(Path(model_dir) / MANIFEST_NAME,
+                              {"format": FORMAT_VERSION, **manifest})
+
+
+def _write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
+    # not writers.atomic: the runtime package imports this module, so this one cannot import it
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
     tmp.replace(path)
     return path
 
@@ -171,11 +176,8 @@ def read_plan_manifest(plan_dir: Path) -> dict[str, Any]:
 
 def write_plan_manifest(plan_dir: Path, manifest: dict[str, Any]) -> Path:
     """Write ``plans.json`` atomically (the last file of a build)."""
-    path = Path(plan_dir) / PLAN_MANIFEST_NAME
-    tmp = path.with_name(f".{PLAN_MANIFEST_NAME}.partial")
-    tmp.write_text(json.dumps({"format": PLAN_FORMAT_VERSION, **manifest}, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return _write_json_atomic(Path(plan_dir) / PLAN_MANIFEST_NAME,
+                              {"format": PLAN_FORMAT_VERSION, **manifest})
 
 
 def version_tuple(v: str) -> tuple[int, ...]:

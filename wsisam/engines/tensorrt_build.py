@@ -26,8 +26,6 @@ was not run here (see ``docs/design.md``, "TensorRT and GPU"). What the build do
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from wsisam.engines.manifest import (
 from wsisam.engines.profiles import input_profiles
 from wsisam.errors import ArtifactError, ConfigError, DependencyError
 from wsisam.registry import GraphSpec, ModelSpec
+from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +130,8 @@ def build_plans(model_dir: Path, out_dir: Path | None = None,
     out_dir = Path(out_dir) if out_dir else model_dir / PLAN_DIR_NAME
     trt = import_builder()  # importing creates no TensorRT object
     device = cuda.require_device(config.device)  # checked before any TensorRT object exists
-    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
     t0 = time.perf_counter()
-    try:
+    with staged_dir(out_dir) as stage:
         logger = _collecting_logger(trt)
         builder = trt.Builder(logger)
         cache_path = config.timing_cache or out_dir / TIMING_CACHE_NAME
@@ -159,11 +155,6 @@ def build_plans(model_dir: Path, out_dir: Path | None = None,
         if config.verify:
             entry["parity_vs_ort_cpu"] = _verify(model_dir, stage, spec, config.device)
             write_plan_manifest(stage, entry)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return entry
 
 

@@ -107,18 +107,29 @@ def real_parity(pair: GraphPair, tiles: list[TissueTile], max_boxes: int = 16) -
             "tile_sources": sorted({Path(t.slide).name for t in tiles})}
 
 
-def gate(spec: ModelSpec, results: dict[str, Any]) -> list[str]:
-    """Failures of the registry tolerances; empty when the export passes."""
+def gate(spec: ModelSpec, results: dict[str, Any],
+         end_to_end_max_abs: float | None = None) -> list[str]:
+    """Failures of the registry tolerances; empty when the export passes.
+
+    Encoder outputs (the embedding, and the early feature where the graph has one) ≤
+    ``embedding_max_abs``; decoder alone ≤ ``logits_max_abs``; the whole chain ≤
+    ``end_to_end_max_abs`` (default ``logits_max_abs``) and mask IoU ≥ ``mask_iou_min``.
+    """
     tol = spec.tolerances
+    e2e_limit = tol.logits_max_abs if end_to_end_max_abs is None else end_to_end_max_abs
     fails = []
     for kind, res in results.items():
         if not isinstance(res, dict) or "encoder" not in res:
             continue
-        checks = [("encoder max abs", res["encoder"]["max_abs"], tol.embedding_max_abs),
-                  ("decoder logits max abs", res["decoder_logits"]["max_abs"], tol.logits_max_abs)]
+        checks = [("encoder max abs", res["encoder"]["max_abs"], tol.embedding_max_abs)]
+        if "interm_embeddings" in res:
+            checks.append(("interm max abs", res["interm_embeddings"]["max_abs"],
+                           tol.embedding_max_abs))
+        checks.append(("decoder logits max abs", res["decoder_logits"]["max_abs"],
+                       tol.logits_max_abs))
         if "end_to_end_logits" in res:
             checks.append(("end-to-end logits max abs", res["end_to_end_logits"]["max_abs"],
-                           tol.logits_max_abs))
+                           e2e_limit))
         fails += [f"{kind} {name} {v:.2e} > {lim:.0e}" for name, v, lim in checks if v > lim]
         iou = res.get("end_to_end_logits", res["decoder_logits"]).get("mask_iou_mean")
         if iou is not None and iou < tol.mask_iou_min:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from wsisam.engines.manifest import (
 )
 from wsisam.errors import AccuracyError, ConfigError
 from wsisam.registry import ModelSpec
+from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def derive_precision(fp32_dir: Path, out_dir: Path, precision: str, slides: list
     if precision == "int8" and not len(tiles.calib):
         raise ConfigError(f"no calibration tiles left in {len(slides)} slide(s) beside the "
                           f"held-out tiles; pass more or larger slides to --calib")
-    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as stage:
         conversion, files = _convert(spec, precision, fp32_dir, stage, tiles, keep_float)
         t_convert = time.perf_counter() - t0
         accuracy = _gate(spec, precision, fp32_dir, stage, tiles.heldout, warn_only,
@@ -83,11 +80,6 @@ def derive_precision(fp32_dir: Path, out_dir: Path, precision: str, slides: list
         for f in failures:
             log.warning("%s %s kept although below the gate: %s", spec.name, precision, f)
         write_manifest(stage, _manifest(spec, precision, fp32_manifest, files, report))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

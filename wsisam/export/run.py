@@ -21,6 +21,7 @@ from wsisam.calib.tiles import SLIDE_SUFFIXES
 from wsisam.engines.manifest import MANIFEST_NAME, graph_entry, spec_digest, write_manifest
 from wsisam.errors import ArtifactError, ConfigError, ParityError, require
 from wsisam.registry import ModelSpec, get_model
+from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,7 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
     _check_destination(out_dir)
     t0 = time.perf_counter()
     sam, provenance = load_model(spec, weights, random_init=random_init)
-    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as stage:
         files = {g: export_graph(sam, spec, g, stage, external_threshold or PROTOBUF_LIMIT)
                  for g in ("encoder", "decoder")}
         t_export = time.perf_counter() - t0
@@ -103,11 +101,6 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
         if report["parity"].get("failures"):
             raise ParityError(f"{model} export failed parity: {'; '.join(report['parity']['failures'])}")
         write_manifest(stage, _manifest(spec, provenance, files, report))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

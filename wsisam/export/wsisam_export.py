@@ -13,8 +13,6 @@ Parity: ONNX Runtime against the torch reference of the released inference
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from wsisam.export.run import (PARITY_TILES_WSISAM, REPORT_NAME, _check_destinat
                                _report, default_parity_slides)
 from wsisam.export.wsisam_weights import load_wsisam
 from wsisam.registry import WsiSamSpec, get_model
+from wsisam.runtime.writers.atomic import staged_dir
 
 REFERENCE = ("wsisam.export.modeling.wsisam_reference: the released network.py per-decoder "
              "forward and inference.py fusion, step by step")
@@ -94,10 +93,7 @@ def run_wsisam_export(model: str, out_dir: Path, weights: Path | None = None,
     _check_destination(out_dir)
     t0 = time.perf_counter()
     wsi, provenance = load_wsisam(spec, weights, heads, random_init)
-    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as stage:
         modules = {"encoder": WsiEncoderGraph(wsi), "decoder": WsiDecoderGraph(wsi)}
         files = {g: export_graph(wsi, spec, g, stage, external_threshold or PROTOBUF_LIMIT,
                                  module=m, inputs=example_inputs(spec, g))
@@ -116,11 +112,6 @@ def run_wsisam_export(model: str, out_dir: Path, weights: Path | None = None,
         manifest = _manifest(spec, provenance, files, report)
         manifest["wsisam"] = report["wsisam"]
         write_manifest(stage, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

@@ -19,6 +19,7 @@ import torch
 
 from wsisam.calib.tiles import TissueTile
 from wsisam.engines.compare import Stats, tile_boxes_in
+from wsisam.export import parity
 from wsisam.export.modeling.wsisam import WsiSam
 from wsisam.export.modeling.wsisam_reference import reference_decode, released_lr_box
 from wsisam.registry import WsiSamSpec
@@ -171,25 +172,6 @@ def real_parity(pair: WsiGraphPair, tiles: list[TissueTile],
 
 
 def gate(spec: WsiSamSpec, results: dict[str, Any]) -> list[str]:
-    """Failures of the tolerances; empty when the export passes.
-
-    Encoder outputs ≤ ``embedding_max_abs``; decoder alone ≤ ``logits_max_abs`` (1e-4); whole
-    chain ≤ ``heads.end_to_end_logits_max_abs`` and mask IoU ≥ ``mask_iou_min``.
-    """
-    tol = spec.tolerances
-    fails = []
-    for kind, res in results.items():
-        if not isinstance(res, dict) or "encoder" not in res:
-            continue
-        checks = [("encoder max abs", res["encoder"]["max_abs"], tol.embedding_max_abs),
-                  ("interm max abs", res["interm_embeddings"]["max_abs"], tol.embedding_max_abs),
-                  ("decoder logits max abs", res["decoder_logits"]["max_abs"],
-                   tol.logits_max_abs)]
-        if "end_to_end_logits" in res:
-            checks.append(("end-to-end logits max abs", res["end_to_end_logits"]["max_abs"],
-                           spec.heads.end_to_end_logits_max_abs))
-        fails += [f"{kind} {name} {v:.2e} > {lim:.0e}" for name, v, lim in checks if v > lim]
-        iou = res.get("end_to_end_logits", res["decoder_logits"]).get("mask_iou_mean")
-        if iou is not None and iou < tol.mask_iou_min:
-            fails.append(f"{kind} mask IoU mean {iou:.4f} < {tol.mask_iou_min}")
-    return fails
+    """Failures of the tolerances (:func:`wsisam.export.parity.gate`); the whole chain is held to
+    ``heads.end_to_end_logits_max_abs``, the decoder alone to ``logits_max_abs`` (1e-4)."""
+    return parity.gate(spec, results, spec.heads.end_to_end_logits_max_abs)

@@ -17,7 +17,10 @@ de-duplicator's objects near not-yet-finished rows — independent of the slide'
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -42,13 +45,37 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """How the stages run: reader threads, encoder batch, queue bound; ``concurrent`` False runs
-    the same stages one tile at a time (the sequential baseline)."""
+    """How the stages run: reader threads, encoder batch, queue bound.
+
+    ``concurrent``: True runs the stages on their threads; False runs the same stages one tile
+    at a time in the caller's thread (the sequential baseline); None (default) chooses:
+    sequential when inference runs on the CPU and this process has at most
+    ``SEQUENTIAL_MAX_CORES`` cores, concurrent otherwise. Measured on 2 cores
+    (docs/benchmarks.md, "Automatic mode"): one ONNX Runtime call already keeps both busy, and
+    the host stages running beside it slow it more than they overlap (pipeline 0.92× the loop).
+
+    ``exclusive_inference``: encoder and decoder calls never overlap (None: when the backend runs
+    on the CPU). ONNX Runtime already spreads one call over every core, with spinning worker
+    threads; two calls at once oversubscribe the cores (measured: docs/benchmarks.md,
+    "Automatic mode"). The other stages still overlap with inference. On a GPU the calls
+    overlap: that is what the pipeline is for.
+    """
 
     readers: int = 2
     encoder_batch: int = 1
     queue_size: int = 2
-    concurrent: bool = True
+    concurrent: bool | None = None
+    exclusive_inference: bool | None = None
+
+
+SEQUENTIAL_MAX_CORES = 2
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -100,6 +127,12 @@ class AutoSegmentation:
                        "passed_filters": 0, "after_nms": 0, "owned": 0, "seam_duplicates": 0,
                        "objects": 0}
         self.seconds: dict[str, float] = {}
+        on_cpu = runtime.describe().get("backend") == "ort-cpu"
+        self.concurrent, self.concurrent_reason = _choose_concurrency(pipe.concurrent, on_cpu)
+        exclusive = on_cpu if pipe.exclusive_inference is None else pipe.exclusive_inference
+        self.exclusive_inference = bool(exclusive)
+        self._infer_lock = threading.Lock() if exclusive else None
+        self._lock_wait_s = {"encode": 0.0, "decode": 0.0}  # inside the stages' busy time
         self.stages = self._stages()
         self._pipeline = Pipeline(self.stages)
 
@@ -151,7 +184,8 @@ class AutoSegmentation:
     def _encode(self, batch: list[TileWork]) -> list[TileWork]:
         todo = [w for w in batch if w.image is not None]
         if todo:
-            emb = self.rt.encode(np.stack([w.image for w in todo]))
+            with self._inference("encode"):
+                emb = self.rt.encode(np.stack([w.image for w in todo]))
             for w, e in zip(todo, emb):
                 w.embedding, w.image = e[None], None
         return batch
@@ -159,10 +193,25 @@ class AutoSegmentation:
     def _decode(self, work: TileWork) -> TileWork:
         if work.embedding is not None:
             work.logits, work.scores = decode_prompts(
-                self.rt.decode, work.embedding, work.coords, work.labels,
+                self._decode_call, work.embedding, work.coords, work.labels,
                 self.rt.spec.multimask, self.auto.prompt_batch)
             work.embedding = None
         return work
+
+    def _decode_call(self, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._inference("decode"):
+            return self.rt.decode(*args)
+
+    @contextlib.contextmanager
+    def _inference(self, stage: str) -> Iterator[None]:
+        """Hold the inference lock (if any) around one call; the wait is booked to ``stage``."""
+        if self._infer_lock is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        with self._infer_lock:
+            self._lock_wait_s[stage] += time.perf_counter() - t0
+            yield
 
     def _filter(self, work: TileWork) -> TileWork:
         n = 0 if work.coords is None else len(work.coords)
@@ -187,7 +236,7 @@ class AutoSegmentation:
         margin_l0 = side_l0 * self.sizes.overlap_px / max(self.rt.spec.input_px, 1)
         dedup = SeamDeduper(cell_l0=side_l0, margin_l0=margin_l0)
         pending = _PendingRows(self.tiles)
-        run = self._pipeline.run if self.pipe.concurrent else self._pipeline.run_sequential
+        run = self._pipeline.run if self.concurrent else self._pipeline.run_sequential
         stitch_s = 0.0
         for done, work in enumerate(run(iter(self.tiles)), 1):
             t = time.perf_counter()
@@ -223,14 +272,32 @@ class AutoSegmentation:
         stages = {name: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
                   for name, s in stats.items()}
         stages["stitch"] = {"busy_s": round(self.seconds.get("stitch", 0.0), 3), "workers": 1}
+        for name, wait in self._lock_wait_s.items():  # waiting for the other's call is not work
+            stages[name]["busy_s"] = round(stages[name]["busy_s"] - wait, 3)
+            stages[name]["wait_inference_lock_s"] = round(wait, 3)
         per_worker = {n: s["busy_s"] / s["workers"] for n, s in stages.items() if n != "feeder"}
         return {"counts": dict(self.counts), "skipped": self.skipped,
                 "stages": stages, "bottleneck": max(per_worker, key=per_worker.get),
-                "concurrent": self.pipe.concurrent, "readers": self.pipe.readers,
-                "max_tiles_in_flight": in_flight_bound(self.stages),
+                "concurrent": self.concurrent, "concurrent_reason": self.concurrent_reason,
+                "readers": self.pipe.readers,
+                "exclusive_inference": self.exclusive_inference,
+                "max_tiles_in_flight": in_flight_bound(self.stages) if self.concurrent else 1,
                 "encoder_batch": self.pipe.encoder_batch,
-                "tiles_planned": len(self.tiles), "sizes_px": asdict(self.sizes), "fluorescence": self.fluorescence,
+                "tiles_planned": len(self.tiles), "sizes_px": asdict(self.sizes),
+                "fluorescence": self.fluorescence,
                 "stain_threshold": self.stain_threshold}
+
+
+def _choose_concurrency(asked: bool | None, on_cpu: bool) -> tuple[bool, str]:
+    """(run the stages concurrently?, why) for :attr:`PipelineConfig.concurrent`."""
+    if asked is not None:
+        return asked, "requested"
+    cores = usable_cores()
+    if on_cpu and cores <= SEQUENTIAL_MAX_CORES:
+        return False, (f"auto: inference on the CPU with {cores} cores, which one ONNX Runtime "
+                       f"call already keeps busy: one tile at a time is faster here")
+    return True, (f"auto: inference on {'the CPU' if on_cpu else 'an accelerator'} with "
+                  f"{cores} CPU cores: stages overlap")
 
 
 class _PendingRows:

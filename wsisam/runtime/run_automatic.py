@@ -11,12 +11,14 @@ import logging
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from wsisam.engines.manifest import read_manifest
 from wsisam.errors import ConfigError, SlideError
-from wsisam.runtime.auto_pipeline import AutoSegmentation, PipelineConfig
+from wsisam.runtime.auto_pipeline import AutoSegmentation
 from wsisam.runtime.automatic import Detection, describe
 from wsisam.runtime.model import SamRuntime
 from wsisam.runtime.outputs import THUMB_PX, OutputSet, label_downsample, label_shape
@@ -30,21 +32,15 @@ log = logging.getLogger(__name__)
 LABEL_VALUE = 1  # one class in automatic mode
 
 
-def backend_options(pipe: PipelineConfig) -> dict[str, Any]:
-    """ONNX Runtime settings for the run: concurrent stages share the cores, so idle ORT threads
-    must sleep rather than spin (measured: docs/benchmarks.md, "Pipeline")."""
-    return {"allow_spinning": not pipe.concurrent}
-
-
 def run_automatic(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None,
                   on_object: Callable[[Detection], None] | None = None) -> RunResult:
     """Segment every object on ``cfg.slide``'s tissue; write the outputs into ``cfg.out_dir``."""
     t0 = time.perf_counter()
-    with open_slide(cfg.slide) as reader, SamRuntime(
-            cfg.model_dir, cfg.backend, cfg.model, **backend_options(cfg.pipeline)) as rt:
-        if rt.spec.family != "sam":
-            raise ConfigError(f"automatic mode runs SAM-family models; {rt.spec.name} is "
-                              f"'{rt.spec.family}': pass --prompts FILE.geojson")
+    family = read_manifest(Path(cfg.model_dir)).get("family")
+    if family != "sam":
+        raise ConfigError(f"automatic mode runs SAM-family models; {cfg.model_dir} holds a "
+                          f"'{family}' model: pass --prompts FILE.geojson")
+    with open_slide(cfg.slide) as reader, SamRuntime(cfg.model_dir, cfg.backend, cfg.model) as rt:
         mpp, mpp_source = resolve_mpp(reader, cfg.mpp)
         thumb = reader.thumbnail(THUMB_PX)
         seg = AutoSegmentation(reader, rt, mpp, cfg.auto, cfg.pipeline, thumb=thumb,

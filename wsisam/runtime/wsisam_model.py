@@ -4,42 +4,26 @@ fused HR/LR decoder, checked against the manifest like :class:`~wsisam.runtime.m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from wsisam.engines.manifest import check_manifest, read_manifest
+from wsisam.engines.manifest import read_manifest
 from wsisam.errors import ArtifactError
 from wsisam.registry import WsiSamSpec
-from wsisam.runtime.backends import create_backend
-from wsisam.runtime.model import SamRuntime
+from wsisam.runtime.model import ModelRuntime, SamRuntime
 
 
-class WsiSamRuntime:
-    """Runs a ``wsisam``-family model directory.
+class WsiSamRuntime(ModelRuntime):
+    """Runs a ``wsisam``-family model directory (:class:`~wsisam.runtime.model.ModelRuntime`:
+    the same manifest checks and backends as :class:`~wsisam.runtime.model.SamRuntime`)."""
 
-    ``model``: refuse the directory unless it was exported for this model name (None: any
-    WSI-SAM model). ``backend_options``: passed to both graphs' backends, as for
-    :class:`~wsisam.runtime.model.SamRuntime`.
-    """
+    spec: WsiSamSpec
 
-    def __init__(self, model_dir: Path, backend: str = "auto", model: str | None = None,
-                 **backend_options: object) -> None:
-        self.model_dir = Path(model_dir)
-        self.manifest = read_manifest(self.model_dir)
-        spec = check_manifest(self.model_dir, self.manifest, model=model)
-        if not isinstance(spec, WsiSamSpec):
-            raise ArtifactError(f"{self.model_dir} holds {spec.name} ({spec.family} family), not "
-                                f"a WSI-SAM model; open it with SamRuntime")
-        self.spec: WsiSamSpec = spec
-        graphs = spec.graphs()
-        self.encoder, self.backend_reason = create_backend(
-            backend, self.model_dir / "encoder.onnx", graphs["encoder"], **backend_options)
-        self.decoder, _ = create_backend(backend, self.model_dir / "decoder.onnx",
-                                         graphs["decoder"], **backend_options)
-        self.max_prompts = graphs["decoder"].profile["num_prompts"][2]
-        self.encoder.load()
-        self.decoder.load()
+    def _check_family(self) -> None:
+        if not isinstance(self.spec, WsiSamSpec):
+            raise ArtifactError(f"{self.model_dir} holds {self.spec.name} ({self.spec.family} "
+                                f"family), not a WSI-SAM model; open it with SamRuntime")
+        self.max_prompts = self.spec.decoder_graph().profile["num_prompts"][2]
 
     def encode(self, images_nchw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, n, n) float32 preprocessed → embeddings (B, C, h, w) and early features
@@ -67,22 +51,6 @@ class WsiSamRuntime:
             masks.append(out["masks"])
             ious.append(out["iou_predictions"])
         return np.concatenate(masks), np.concatenate(ious)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.encoder.describe(), "choice": self.backend_reason,
-                "model_dir": str(self.model_dir), "precision": self.manifest.get("precision"),
-                "weights": self.manifest.get("weights"),
-                "random_init": self.manifest.get("random_init", False)}
-
-    def close(self) -> None:
-        for b in (self.encoder, self.decoder):
-            b.close()
-
-    def __enter__(self) -> "WsiSamRuntime":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_runtime(model_dir: Path, backend: str = "auto", model: str | None = None,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from wsisam.runtime.writers.geojson import feature, mask_to_polygons, write_feature_collection
+from wsisam.runtime.writers.geojson import (FeatureStream, feature, mask_to_polygons,
+                                            write_feature_collection)
 
 
 def test_rectangle_follows_pixel_edges_and_transform():
@@ -100,3 +101,16 @@ def test_write_feature_collection_round_trip(tmp_path: Path):
     assert back.equals_exact(geom, tolerance=0.01) and len(back.interiors) == 1
     assert data["features"][0]["properties"]["area_px"] == 960
     assert [p.name for p in tmp_path.iterdir()] == ["out.geojson"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_feature_stream_matches_the_whole_collection(tmp_path: Path, n: int):
+    feats = [feature(box(i, i, i + 5, i + 7), {"score": 0.5 + i / 10}, id=f"f{i}",
+                     object_type="detection", classification="Nucleus") for i in range(n)]
+    with FeatureStream(tmp_path / "stream.geojson") as stream:
+        for f in feats:
+            stream.add(f)
+    write_feature_collection(tmp_path / "whole.geojson", feats)
+    streamed = json.loads((tmp_path / "stream.geojson").read_text(encoding="utf-8"))
+    assert streamed == json.loads((tmp_path / "whole.geojson").read_text(encoding="utf-8"))
+    assert stream.count == n

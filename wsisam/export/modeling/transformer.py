@@ -36,7 +36,7 @@ class Attention(nn.Module):
         return x.reshape(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q (N, Tq, C), k and v (N, Tk, C) → (N, Tq, C)."""
+        """q (N|1, Tq, C), k and v (N|1, Tk, C) → (N, Tq, C); a batch of 1 broadcasts."""
         q, k, v = (self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
                    self._heads(self.v_proj(v)))
         attn = (q @ k.transpose(-2, -1)) / self.temperature
@@ -66,7 +66,11 @@ class TwoWayAttentionBlock(nn.Module):
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor,
                 key_pe: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (N, T, C), keys (N, hw, C), query_pe (N, T, C), key_pe (1|N, hw, C)."""
+        """queries (N, T, C), keys (1|N, hw, C), query_pe (N, T, C), key_pe (1|N, hw, C).
+
+        Keys of batch 1 (the first layer's: one image for every prompt) are projected once and
+        broadcast; they come out (N, hw, C), as the image→token attention makes them per prompt.
+        """
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt embeddings themselves (PE included), and
             # the attention output replaces them rather than being added.
@@ -105,7 +109,7 @@ class TwoWayTransformer(nn.Module):
         """Run the transformer.
 
         Args:
-            image_embedding: (N, C, h, w).
+            image_embedding: (1 or N, C, h, w): 1 shares the image between the N prompts.
             image_pe: (1 or N, C, h, w).
             point_embedding: (N, T, C) tokens (output tokens + prompt tokens).
         Returns:

@@ -78,8 +78,8 @@ class WsiMaskDecoder(MaskDecoder):
         """All N prompts of one image: tokens (N, 2+K+T, C) and image tokens (N, h·w, C)."""
         n = sparse.shape[0]
         tokens = torch.cat([self.wsi_tokens().unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
-        src = (image_embeddings + dense).expand(n, -1, -1, -1)
-        return self.transformer(src, image_pe, tokens)
+        # the image is shared by the prompts, not copied (as in MaskDecoder.predict_masks)
+        return self.transformer(image_embeddings + dense, image_pe, tokens)
 
     def hr_outputs(self, image_embeddings: Tensor, interm_nchw: Tensor, image_pe: Tensor,
                    sparse: Tensor, dense: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

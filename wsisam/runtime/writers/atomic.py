@@ -1,9 +1,10 @@
-"""Write-then-rename, so a file either is complete or is not there."""
+"""Write-then-rename, so a file (or a folder) either is complete or is not there."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -33,3 +34,21 @@ def write_bytes_atomic(final: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
     return Path(final)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``final`` (``.{name}.partial-<pid>``); when the block
+    succeeds it replaces ``final`` (a folder, removed first), on any exception it is removed and
+    ``final`` is left as it was."""
+    final = Path(final)
+    stage = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        if final.exists():
+            shutil.rmtree(final)
+        stage.rename(final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
