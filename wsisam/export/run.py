@@ -150,22 +150,32 @@ def _check_destination(out_dir: Path) -> None:
 
 def _parity(sam, spec: ModelSpec, stage: Path, slides: list[Path] | None,
             n_tiles: int) -> dict[str, Any]:
-    from wsisam.calib.tiles import sample_tissue_tiles
     from wsisam.export.parity import GraphPair, gate, random_parity, real_parity
 
+    results = _parity_results(GraphPair(sam, spec, stage), spec, slides, n_tiles,
+                              random_parity, real_parity)
+    results["tolerances"] = vars(spec.tolerances)
+    results["failures"] = gate(spec, results)
+    return results
+
+
+def _parity_results(pair: Any, spec: ModelSpec, slides: list[Path] | None, n_tiles: int,
+                    random_fn: Any, real_fn: Any) -> dict[str, Any]:
+    """``random_fn(pair, seed)`` and, on tissue tiles of ``slides`` (default: the test slides),
+    ``real_fn(pair, tiles)``; closes ``pair`` (a graph pair of ``export/parity.py`` or
+    ``export/wsisam_parity.py``)."""
+    from wsisam.calib.tiles import sample_tissue_tiles
+
     slides = default_parity_slides() if slides is None else slides
-    pair = GraphPair(sam, spec, stage)
     try:
-        results: dict[str, Any] = {"random": random_parity(pair, seed=spec.seed)}
+        results: dict[str, Any] = {"random": random_fn(pair, seed=spec.seed)}
         if slides:
             tiles = sample_tissue_tiles(slides, spec.input_px, spec.mpp, n_tiles, seed=0)
-            results["real_tissue"] = real_parity(pair, tiles)
+            results["real_tissue"] = real_fn(pair, tiles)
         else:
             results["real_tissue"] = "not run: no slides (pass --parity-slides or WSISAM_TEST_SLIDES)"
     finally:
         pair.close()
-    results["tolerances"] = vars(spec.tolerances)
-    results["failures"] = gate(spec, results)
     return results
 
 

@@ -25,7 +25,7 @@ from wsisam.errors import ConfigError, ParityError
 from wsisam.export.modeling.wsisam import WsiSam
 from wsisam.export.onnx_export import PROTOBUF_LIMIT, export_graph
 from wsisam.export.run import (PARITY_TILES_WSISAM, REPORT_NAME, _check_destination, _manifest,
-                               _report, default_parity_slides)
+                               _parity_results, _report)
 from wsisam.export.wsisam_weights import load_wsisam
 from wsisam.registry import WsiSamSpec, get_model
 from wsisam.runtime.writers.atomic import staged_dir
@@ -125,21 +125,10 @@ def _summary(spec: WsiSamSpec, provenance: dict[str, Any]) -> dict[str, Any]:
 
 def _parity(wsi: WsiSam, spec: WsiSamSpec, stage: Path, slides: list[Path] | None,
             n_tiles: int) -> dict[str, Any]:
-    from wsisam.calib.tiles import sample_tissue_tiles
     from wsisam.export.wsisam_parity import WsiGraphPair, gate, random_parity, real_parity
 
-    slides = default_parity_slides() if slides is None else slides
-    pair = WsiGraphPair(wsi, spec, stage)
-    try:
-        results: dict[str, Any] = {"random": random_parity(pair, seed=spec.seed)}
-        if slides:
-            tiles = sample_tissue_tiles(slides, spec.input_px, spec.mpp, n_tiles, seed=0)
-            results["real_tissue"] = real_parity(pair, tiles)
-        else:
-            results["real_tissue"] = ("not run: no slides (pass --parity-slides or "
-                                      "WSISAM_TEST_SLIDES)")
-    finally:
-        pair.close()
+    results = _parity_results(WsiGraphPair(wsi, spec, stage), spec, slides, n_tiles,
+                              random_parity, real_parity)
     results["tolerances"] = {**vars(spec.tolerances), "end_to_end_logits_max_abs":
                              spec.heads.end_to_end_logits_max_abs}
     results["reference"] = REFERENCE

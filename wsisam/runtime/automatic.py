@@ -62,9 +62,9 @@ class AutoConfig:
     # a few µm of the prompt's centre for objects ≤ max_object_um).
     core_margin_um: float = 4.0
     points_per_side: int = 16  # "points" scheme
-    # Prompts per decoder call. The LiteMedSAM decoder holds ~25 MiB of activations per prompt
-    # and on the CPU runs no faster per prompt in larger calls: 8 keeps a CMU-1 run's peak RSS
-    # about 0.5 GiB below 16's (bench/memory.py, docs/benchmarks.md). GPUs want larger calls.
+    # Prompts per decoder call. The decoder's activations grow with it, and on the CPU larger
+    # calls run no faster per prompt: 8 keeps a CMU-1 run's peak RSS 0.4 GiB below 16's
+    # (bench/memory.py, docs/benchmarks.md). GPUs want larger calls.
     prompt_batch: int = 8
     # Tissue tiles sampled (evenly over the plan) for the slide-wide stain threshold; 0: each
     # tile thresholds itself (Otsu), which makes blobs depend on where the seams fall.

@@ -58,6 +58,11 @@ def test_mode_downsample():
                     [1, 0, 0, 3, 7],
                     [5, 5, 4, 4, 7]], np.uint8)
     np.testing.assert_array_equal(mode_downsample2(lab), [[1, 0, 7], [5, 4, 7]])
+    # strips (to bound memory) give the same result as one block, odd last strip included
+    np.testing.assert_array_equal(mode_downsample2(lab, strip_rows=1), [[1, 0, 7], [5, 4, 7]])
+    rnd = np.random.default_rng(0).integers(0, 4, (101, 57)).astype(np.uint8)
+    np.testing.assert_array_equal(mode_downsample2(rnd, strip_rows=7),
+                                  mode_downsample2(rnd, strip_rows=1000))
     assert [lv.shape for lv in label_levels(np.zeros((1100, 600), np.uint8))] == [
         (1100, 600), (550, 300), (275, 150)]
 

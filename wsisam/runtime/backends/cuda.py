@@ -226,27 +226,26 @@ class DeviceBuffer:
 def copy_h2d(dst: DeviceBuffer | int, src: PinnedBuffer | int, nbytes: int,
              stream: Stream) -> None:
     """Queue a host→device copy of ``nbytes`` on ``stream``."""
-    rt = cudart()
-    check(rt.cudaMemcpyAsync(_ptr(dst), _ptr(src), nbytes,
-                             rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle),
-          "cudaMemcpyAsync(host→device)")
+    _copy(dst, src, nbytes, stream, "HostToDevice")
 
 
 def copy_d2h(dst: PinnedBuffer | int, src: DeviceBuffer | int, nbytes: int,
              stream: Stream) -> None:
     """Queue a device→host copy of ``nbytes`` on ``stream``."""
-    rt = cudart()
-    check(rt.cudaMemcpyAsync(_ptr(dst), _ptr(src), nbytes,
-                             rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle),
-          "cudaMemcpyAsync(device→host)")
+    _copy(dst, src, nbytes, stream, "DeviceToHost")
 
 
 def copy_d2d(dst: DeviceBuffer | int, src: DeviceBuffer | int, nbytes: int,
              stream: Stream) -> None:
+    _copy(dst, src, nbytes, stream, "DeviceToDevice")
+
+
+def _copy(dst: DeviceBuffer | PinnedBuffer | int, src: DeviceBuffer | PinnedBuffer | int,
+          nbytes: int, stream: Stream, kind: str) -> None:
     rt = cudart()
     check(rt.cudaMemcpyAsync(_ptr(dst), _ptr(src), nbytes,
-                             rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle),
-          "cudaMemcpyAsync(device→device)")
+                             getattr(rt.cudaMemcpyKind, f"cudaMemcpy{kind}"), stream.handle),
+          f"cudaMemcpyAsync({kind})")
 
 
 def _ptr(x: DeviceBuffer | PinnedBuffer | int) -> int:
