@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from wsisam.runtime.run_automatic import peak_rss_mb  # noqa: F401  (re-exported for the benches)
+from wsisam.runtime.run import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 
 REPO = Path(__file__).resolve().parents[1]
 # The real slides sit beside the repository, never inside it (see ../shared/data/README.md).

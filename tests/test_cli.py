@@ -118,6 +118,7 @@ def test_missing_mpp_assumed_or_given(tmp_path, tiny_model_dir):
     assert "no MPP metadata" in res.stderr
     report = json.loads(res.stdout)
     assert report["slide"]["mpp_source"].startswith("assumed")
+    assert report["peak_rss_mb"] > 0  # prompted reports carry it too
     res = run([slide, "--prompts", p, "--model-dir", tiny_model_dir, "-o", tmp_path / "b",
                "--mpp", "0.25", "--json"])
     assert res.exit_code == 0

@@ -74,6 +74,12 @@ def fluorescence_density(rgb: np.ndarray) -> np.ndarray:
     return rgb.max(axis=2).astype(np.float32)
 
 
+def stain_density(rgb: np.ndarray, fluorescence: bool) -> np.ndarray:
+    """(H, W, 3) uint8 → (H, W) float32 density of what the blobs are made of: brightness on
+    fluorescence, hematoxylin optical density on brightfield (H&E)."""
+    return fluorescence_density(rgb) if fluorescence else hematoxylin_density(rgb)
+
+
 def density_threshold(densities: list[np.ndarray]) -> float:
     """One Otsu threshold for several (H, W) density maps (tiles of one slide), on their
     common scale: the lowest density counted as stained (Otsu on 256 levels: the first level

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from wsisam.calib.objects import (density_threshold, fluorescence_density, fluorescent_objects,
-                                  hematoxylin_density, stained_objects)
+from wsisam.calib.objects import (density_threshold, fluorescent_objects, stain_density,
+                                  stained_objects)
 from wsisam.runtime.postprocess import logits_to_crop, select_mask_token
 from wsisam.runtime.preprocess import InputGeometry, boxes_to_prompts, points_to_prompts
 from wsisam.runtime.tiling import TileRequest
@@ -150,8 +150,7 @@ def slide_stain_threshold(tiles_rgb: list[np.ndarray], fluorescence: bool) -> fl
     propose the same objects at their seams. None without tiles."""
     if not tiles_rgb:
         return None
-    dens = fluorescence_density if fluorescence else hematoxylin_density
-    return density_threshold([dens(t) for t in tiles_rgb])
+    return density_threshold([stain_density(t, fluorescence) for t in tiles_rgb])
 
 
 def core_in_tile(tile: TileRequest) -> tuple[float, float, float, float]:

@@ -82,6 +82,22 @@ def in_flight_bound(stages: Sequence[Stage]) -> int:
     return sum(s.queue_size + s.workers * (s.batch_size or 1) for s in stages)
 
 
+def _call(stage: Stage, items: list[Any], st: StageStats) -> list[Any]:
+    """``stage.fn`` on ``items`` (all at once when batched, else the one item): one result per
+    item, the call's time booked to ``st``."""
+    st.items_in += len(items)
+    t0 = time.perf_counter()
+    if stage.batched:
+        results = list(stage.fn(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"batched stage {stage.name!r} returned {len(results)} results "
+                               f"for {len(items)} items")
+    else:
+        results = [stage.fn(items[0])]
+    st.busy_s += time.perf_counter() - t0
+    return results
+
+
 class _Run:
     """State of one :meth:`Pipeline.run`: queues, threads, stop flag, first error, permits."""
 
@@ -193,17 +209,7 @@ class _Run:
             while True:
                 items, token = self._take(i, st)
                 if items:
-                    st.items_in += len(items)
-                    t0 = time.perf_counter()
-                    if stage.batched:
-                        results = list(stage.fn(items))
-                        if len(results) != len(items):
-                            raise RuntimeError(f"batched stage {stage.name!r} returned "
-                                               f"{len(results)} results for {len(items)} items")
-                    else:
-                        results = [stage.fn(items[0])]
-                    st.busy_s += time.perf_counter() - t0
-                    for result in results:
+                    for result in _call(stage, items, st):
                         if result is SKIP:
                             st.skipped += 1
                             self.permits.release()
@@ -306,10 +312,7 @@ class Pipeline:
                 self._feeder_stats.busy_s += time.perf_counter() - t0
             self._feeder_stats.items_out += 1
             for stage, (st,) in zip(self._stages, self._worker_stats):
-                st.items_in += 1
-                t0 = time.perf_counter()
-                item = stage.fn([item])[0] if stage.batched else stage.fn(item)
-                st.busy_s += time.perf_counter() - t0
+                (item,) = _call(stage, [item], st)
                 if item is SKIP:
                     st.skipped += 1
                     break

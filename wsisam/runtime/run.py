@@ -13,6 +13,8 @@ finished.
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,7 +171,14 @@ def _write_outputs(cfg: RunConfig, reader: SlideReader, results: list[PromptResu
                                 reader.level_dimensions[0][0] / thumb.shape[1])
         report["label_mask"] = {**outs.write_rasters(label, ds, mpp, thumb, label_thumb),
                                 "classes": classes}
+        report["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return outs.commit(report)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)
 
 
 def base_report(cfg: RunConfig, reader: SlideReader, rt: SamRuntime, mpp: float,

@@ -8,8 +8,6 @@ number of objects; the rasters are bounded by ``outputs.LABEL_MAX_PX``.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +21,7 @@ from wsisam.runtime.automatic import Detection, describe
 from wsisam.runtime.model import SamRuntime
 from wsisam.runtime.outputs import THUMB_PX, OutputSet, label_downsample, label_shape
 from wsisam.runtime.raster import paint
-from wsisam.runtime.run import RunConfig, RunResult, base_report, resolve_mpp
+from wsisam.runtime.run import RunConfig, RunResult, base_report, peak_rss_mb, resolve_mpp
 from wsisam.runtime.slide import open_slide
 from wsisam.runtime.writers.geojson import FeatureStream, feature
 
@@ -93,12 +91,6 @@ def _tiles_mm2(seg: AutoSegmentation, mpp: float) -> float:
     """Slide area owned by the processed tiles (their cores), mm²."""
     cores = sum((t.core_l0[2] - t.core_l0[0]) * (t.core_l0[3] - t.core_l0[1]) for t in seg.tiles)
     return cores * mpp**2 / 1e6
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)
 
 
 def _report(cfg: RunConfig, reader: Any, rt: SamRuntime, mpp: float, mpp_source: str,
