@@ -1,6 +1,6 @@
 """Automatic mode: which prompt scheme, and which filter thresholds, on the real slides.
 
-Runs the runtime's own per-tile functions (``wsisam.runtime.automatic``: prompts → encoder →
+Runs the runtime's own per-tile functions (``wsisam.systems.sam.automatic``: prompts → encoder →
 batched decoder → filters → mask NMS) on real tissue tiles of the three slides in
 ``../shared/data`` at the model's working resolution, for each prompt scheme:
 
@@ -38,12 +38,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import DATA, machine_info, model_dir_for  # noqa: E402
-from wsisam.calib.objects import (density_threshold, fluorescent_objects,  # noqa: E402
+from wsisam.runtime.stain import (density_threshold, fluorescent_objects,  # noqa: E402
                                   stain_density, stained_objects)
 from wsisam.calib.tiles import sample_tissue_tiles  # noqa: E402
-from wsisam.runtime.automatic import (AutoConfig, Candidate, TileSizes, decode_prompts,  # noqa: E402
-                                      filter_masks, mask_nms, propose)
-from wsisam.runtime.model import SamRuntime  # noqa: E402
+from wsisam.systems.sam.prompts import propose
+from wsisam.systems.sam.automatic import (AutoConfig, Candidate, TileSizes, decode_prompts,  # noqa: E402
+                                      filter_masks, mask_nms)
+from wsisam.systems.sam.runtime import SamRuntime  # noqa: E402
 from wsisam.runtime.preprocess import preprocess_image  # noqa: E402
 
 SLIDES = ("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "fluorescence-dapi.ndpi")
@@ -142,7 +143,7 @@ def main() -> None:
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     ap.add_argument("--out", type=Path, default=Path("bench/results/auto_prompts.json"))
     args = ap.parse_args()
-    rt = SamRuntime(model_dir_for(args.model, args.model_dir), "ort-cpu")
+    rt = SamRuntime.open(model_dir_for(args.model, args.model_dir), "ort-cpu")
     tiles = []
     for name in SLIDES:
         tiles += sample_tissue_tiles([DATA / name], rt.spec.input_px, rt.spec.mpp, args.tiles,

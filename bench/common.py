@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from wsisam.runtime.run import peak_rss_mb  # noqa: F401  (re-exported for the benches)
+from wsisam.runtime.segment import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 
 REPO = Path(__file__).resolve().parents[1]
 # The real slides sit beside the repository, never inside it (see ../shared/data/README.md).
@@ -53,9 +53,9 @@ def machine_info() -> dict[str, Any]:
 
 def model_dir_for(name: str, model_dir: Path | None) -> Path:
     """The ONNX export to benchmark: ``model_dir``, or the cached default (exported if needed)."""
-    from wsisam.engines.manifest import check_manifest, read_manifest
+    from wsisam.artifacts import check_manifest, read_manifest
     from wsisam.errors import ArtifactError
-    from wsisam.runtime.model import default_model_dir
+    from wsisam.runtime.graphs import default_model_dir
 
     if model_dir is not None:
         return model_dir

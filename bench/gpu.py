@@ -156,7 +156,7 @@ def decoder_rows(backend: Any, spec: Any, prompt_batches: list[int], seconds: fl
 
 
 def end_to_end_row(model_dir: Path, backend: str, slide: Path, prompts: Path) -> dict[str, Any]:
-    from wsisam.runtime.run import RunConfig, run_slide
+    from wsisam.runtime.segment import RunConfig, run_slide
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -216,7 +216,7 @@ def versions() -> dict[str, Any]:
 
 
 def bench_backend(model_dir: Path, backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from wsisam.engines.manifest import check_manifest, read_manifest
+    from wsisam.artifacts import check_manifest, read_manifest
     from wsisam.runtime.backends import create_backend
 
     manifest = read_manifest(model_dir)

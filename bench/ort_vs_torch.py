@@ -2,7 +2,7 @@
 
 Inputs are real tissue tiles from ``../shared/data`` (CMU-1 and TCGA H&E) at the model's working
 resolution, preprocessed as the runtime does, and box prompts around the nuclei of those tiles
-(hematoxylin blobs, ``wsisam.calib.objects``). Both frameworks run on the CPU with the same
+(hematoxylin blobs, ``wsisam.runtime.stain``). Both frameworks run on the CPU with the same
 thread count; each measurement is the median over repeats of one call's time, after warm-up.
 The ORT and torch calls are interleaved, so that load from other processes hits both alike.
 
@@ -49,7 +49,7 @@ class Inputs:
 
 def load_inputs(spec: Any, n_tiles: int, seed: int) -> Inputs:
     """Real tissue tiles at the model's working resolution and box prompts on their nuclei."""
-    from wsisam.calib.objects import stained_objects
+    from wsisam.runtime.stain import stained_objects
     from wsisam.calib.tiles import sample_tissue_tiles
     from wsisam.runtime.preprocess import boxes_to_prompts, preprocess_image
 
@@ -136,13 +136,13 @@ def run(name: str, model_dir: Path | None, n_tiles: int, threads: int, warmup: i
     import onnxruntime
     import torch
 
-    from wsisam.export.weights import load_model
+    from wsisam.systems.sam.export import load_model
     from wsisam.registry import get_model
-    from wsisam.runtime.model import SamRuntime
+    from wsisam.systems.sam.runtime import SamRuntime
 
     torch.set_num_threads(threads)
     mdir = model_dir_for(name, model_dir)
-    rt = SamRuntime(mdir, "ort-cpu", model=name)
+    rt = SamRuntime.open(mdir, "ort-cpu", model=name)
     set_ort_threads(rt, threads)
     sam, provenance = load_model(get_model(name))
     inp = load_inputs(rt.spec, n_tiles, seed)

@@ -38,10 +38,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import CMU, machine_info, model_dir_for  # noqa: E402
-from wsisam.runtime.auto_pipeline import AutoSegmentation, PipelineConfig  # noqa: E402
-from wsisam.runtime.model import SamRuntime  # noqa: E402
+from wsisam.runtime.pipeline import PipelineConfig
+from wsisam.systems.sam.jobs import AutoSegmentation  # noqa: E402
+from wsisam.systems.sam.runtime import SamRuntime  # noqa: E402
 from wsisam.runtime.preprocess import preprocess_image  # noqa: E402
-from wsisam.runtime.run import resolve_mpp  # noqa: E402
+from wsisam.runtime.segment import resolve_mpp  # noqa: E402
 from wsisam.runtime.slide import open_slide, read_region_at  # noqa: E402
 
 VARIANTS = {  # name → (PipelineConfig overrides, ORT allow_spinning)
@@ -84,7 +85,7 @@ def segment(slide: Path, model_dir: Path, name: str, batch: int, readers: int,
 
 def encoder_only(slide: Path, model_dir: Path, batch: int, n_tiles: int | None) -> dict[str, Any]:
     """The tissue tiles the pipeline reads, preprocessed in memory, through the encoder."""
-    with open_slide(slide) as reader, SamRuntime(model_dir, "ort-cpu") as rt:
+    with open_slide(slide) as reader, SamRuntime.open(model_dir, "ort-cpu") as rt:
         mpp, _ = resolve_mpp(reader, None)
         tiles = subset(AutoSegmentation(reader, rt, mpp).tiles, n_tiles)
         images = np.stack([preprocess_image(read_region_at(reader, t.box_l0, t.size_px),
@@ -100,13 +101,13 @@ def encoder_only(slide: Path, model_dir: Path, batch: int, n_tiles: int | None) 
 def thread_scaling(slide: Path, model_dir: Path, reps: int = 3) -> dict[str, Any]:
     """Seconds per encoder call (1 tile) and per decoder call (16 boxes) at 1 and 2 threads."""
     with open_slide(slide) as reader:
-        with SamRuntime(model_dir, "ort-cpu") as rt:
+        with SamRuntime.open(model_dir, "ort-cpu") as rt:
             mpp, _ = resolve_mpp(reader, None)
             tile = AutoSegmentation(reader, rt, mpp).tiles[0]
         rgb = read_region_at(reader, tile.box_l0, tile.size_px)
     out: dict[str, Any] = {}
     for threads in (1, 2):
-        with SamRuntime(model_dir, "ort-cpu", intra_op_threads=threads) as rt:
+        with SamRuntime.open(model_dir, "ort-cpu", intra_op_threads=threads) as rt:
             image = preprocess_image(rgb, rt.spec.preprocess)[0][None]
             emb = rt.encode(image)
             n = rt.spec.input_px

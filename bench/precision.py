@@ -29,9 +29,9 @@ import numpy as np
 import onnxruntime as ort
 
 from wsisam.calib.tiles import sample_tissue_tiles
-from wsisam.engines.manifest import check_manifest, read_manifest
+from wsisam.artifacts import check_manifest, read_manifest
 from wsisam.registry import get_model
-from wsisam.runtime.model import default_model_dir
+from wsisam.runtime.graphs import default_model_dir
 from wsisam.runtime.preprocess import preprocess_image
 
 REPO = Path(__file__).resolve().parents[1]

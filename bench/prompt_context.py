@@ -1,6 +1,6 @@
 """How much context should a box prompt get? Measured on real nuclei, not guessed.
 
-For nuclei on real H&E tiles (hematoxylin blobs from ``wsisam.calib.objects``, boxes = their
+For nuclei on real H&E tiles (hematoxylin blobs from ``wsisam.runtime.stain``, boxes = their
 bounding boxes), segment each nucleus with its box in crops of different sizes and score the mask
 against the blob (Dice inside the box). ``tile`` is what ``wsisam-run`` does for small prompts:
 the finest crop at the model's working resolution (256 px at 0.5 µm/px for LiteMedSAM). Also
@@ -21,9 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsisam.calib.objects import stained_objects
+from wsisam.runtime.stain import stained_objects
 from wsisam.calib.tiles import sample_tissue_tiles
-from wsisam.runtime import SamRuntime, open_slide
+from wsisam.runtime import open_slide
+from wsisam.systems.sam.runtime import SamRuntime
 from wsisam.runtime.postprocess import dice, logits_to_crop
 from wsisam.runtime.preprocess import boxes_to_prompts, points_to_prompts, preprocess_image
 from wsisam.runtime.slide import read_region_at
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/prompt_context.json"))
     args = ap.parse_args()
     slides = [DATA / "CMU-1-Small-Region.svs", DATA / "tcga-cr-7395-01a-01-ts1.svs"]
-    rt = SamRuntime(args.model_dir, "ort-cpu")
+    rt = SamRuntime.open(args.model_dir, "ort-cpu")
     tiles = sample_tissue_tiles(slides, rt.spec.input_px, rt.spec.mpp, args.tiles, seed=11)
     scores: dict[str, list[float]] = {}
     for t in tiles:

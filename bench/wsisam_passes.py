@@ -18,12 +18,12 @@ import argparse
 from pathlib import Path
 
 from wsisam.registry import get_model
-from wsisam.runtime.prompted import finest_crop_l0, plan_crops
-from wsisam.runtime.prompts import load_prompts
+from wsisam.runtime.crops import finest_crop_l0, plan_crops
+from wsisam.runtime.prompt_input import load_prompts
 from wsisam.runtime.slide import open_slide
 from wsisam.runtime.tiling import plan_tiles
 from wsisam.runtime.tissue import tissue_mask
-from wsisam.runtime.wsisam_geometry import plan_lr_tiles
+from wsisam.systems.wsi_sam.context import plan_lr_tiles
 
 
 def main() -> None:

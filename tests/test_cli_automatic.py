@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from tests.test_cli import assert_one_line_error, interrupt_run, no_outputs, run
-from wsisam.runtime.run import RunConfig, run_slide
+from wsisam.runtime.segment import RunConfig, run_slide
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_ctrl_c_in_automatic_mode_leaves_no_outputs(tmp_path, litemedsam_export,
 
 
 def test_pipeline_auto_mode_says_what_it_chose(tiny_model_dir, cmu_slide, tmp_path):
-    from wsisam.runtime.auto_pipeline import SEQUENTIAL_MAX_CORES, usable_cores
+    from wsisam.runtime.pipeline import SEQUENTIAL_MAX_CORES, usable_cores
 
     res = run([cmu_slide, "--model-dir", tiny_model_dir, "--backend", "ort-cpu", "-o",
                tmp_path / "out", "--json"])

@@ -29,13 +29,13 @@ def test_export_refuses_without_heads(tmp_path):
 def test_export_heads_only_for_wsisam(tmp_path):
     res = export(["--model", "test-tinyvit", "--heads", tmp_path / "h", tmp_path / "l", "-o",
                   tmp_path / "m"])
-    assert_one_line_error(res, "--heads applies to WSI-SAM models only")
+    assert_one_line_error(res, "--heads sets the weight roles head_high and head_low")
     assert no_outputs(tmp_path / "m")
 
 
 def test_export_wrong_head_key_names_it(tmp_path):
     torch = pytest.importorskip("torch", reason="export needs the export extra (torch)")
-    from wsisam.export.modeling.wsisam import build_wsisam
+    from wsisam.systems.wsi_sam.model_torch import build_wsisam
     from wsisam.registry import get_model
 
     model = build_wsisam(get_model("test-wsisam"), seed=3)
@@ -68,7 +68,7 @@ def test_run_example_prompts_on_cmu(wsisam_tiny_dir, cmu_slide, tmp_path):
         [f["properties"]["classification"]["name"] for f in src]
     assert rep["model"]["name"] == "test-wsisam" and rep["prompts"]["count"] == len(src)
     assert rep["prompts"]["segmented"] + rep["prompts"]["empty"] == len(src)
-    w = rep["wsisam"]
+    w = rep["lr_context"]
     assert w["layout"] == "shared" and w["hr_mpp"] == 8.0 and w["lr_mpp"] == 16.0
     assert w["encoder_passes_per_hr_tile"] <= 1.25 < w["naive_passes_per_hr_tile"]
     assert rep["crops"]["encoder_passes"] == w["hr_tiles"] + w["lr_tiles"]
@@ -85,12 +85,12 @@ def test_run_concentric_layout_from_the_cli(wsisam_tiny_dir, cmu_slide, tmp_path
         cmu_slide, "--model-dir", wsisam_tiny_dir, "--prompts", EXAMPLE_PROMPTS, "--backend",
         "ort-cpu", "--lr-layout", "concentric", "-o", tmp_path / "out", "--json")])
     assert res.exit_code == 0, (res.output, res.exception)
-    w = json.loads(res.stdout)["wsisam"]
+    w = json.loads(res.stdout)["lr_context"]
     assert w["layout"] == "concentric" and w["encoder_passes_per_hr_tile"] == 2.0
 
 
 def test_automatic_mode_refuses_a_wsisam_model(wsisam_tiny_dir, cmu_slide, tmp_path):
     res = CliRunner().invoke(run_main, [str(a) for a in (
         cmu_slide, "--model-dir", wsisam_tiny_dir, "-o", tmp_path / "out")])
-    assert_one_line_error(res, "automatic mode runs SAM-family models")
+    assert_one_line_error(res, "runs only with prompts")
     assert "pass --prompts" in res.stderr and no_outputs(tmp_path / "out")

@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 import click
 
-from wsisam.errors import ArtifactError, WsisamError
-from wsisam.registry import DEFAULT_MODEL, LR_LAYOUTS, list_models
-from wsisam.runtime.auto_pipeline import PipelineConfig
-from wsisam.runtime.automatic import SCHEMES, AutoConfig
+from wsisam.errors import ArtifactError, ConfigError, WsisamError
+from wsisam.registry import DEFAULT_MODEL, list_models
 from wsisam.runtime.backends import BACKENDS
+from wsisam.runtime.pipeline import PipelineConfig
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -66,10 +65,13 @@ class _ManyValues(click.Option):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", type=click.Choice(list_models()), default=DEFAULT_MODEL,
               show_default=True, help="Registered model name.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (.pth/.pt).")
+@click.option("--weights", "weights", multiple=True, metavar="[ROLE=]PATH",
+              help="Checkpoint (.pth/.pt) of the model's first weight role, or of ROLE "
+                   "(repeatable: --weights sam=sam.pth --weights classifier=cls.pth).")
 @click.option("--heads", nargs=2, type=click.Path(path_type=Path), default=None,
               metavar="HIGH LOW",
-              help="WSI-SAM head files: the HR head (net_high.pth) then the LR head (net_low.pth).")
+              help="The weight roles head_high and head_low (WSI-SAM: net_high.pth then "
+                   "net_low.pth).")
 @click.option("--random-init", is_flag=True,
               help="Export with seeded random weights (smoke tests/benchmarks; said in every output).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
@@ -92,18 +94,18 @@ class _ManyValues(click.Option):
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Model directory to write.")
 @click.option("-q", "--quiet", is_flag=True)
-def export_main(model: str, weights: Path | None, heads: tuple[Path, Path] | None,
+def export_main(model: str, weights: tuple[str, ...], heads: tuple[Path, Path] | None,
                 random_init: bool, precision: str,
                 calib: tuple[Path, ...], calib_tiles: int, accuracy_warn_only: bool,
                 keep_float: tuple[str, ...], parity_slides: tuple[Path, ...], out_dir: Path,
                 quiet: bool) -> None:
-    """Export MODEL's encoder and prompt decoder to ONNX, checked against torch."""
+    """Export MODEL's graphs to ONNX, checked against its torch reference."""
     _setup_logging(quiet)
 
     def go() -> None:
         from wsisam.export.run import run_export
 
-        report = run_export(model, out_dir, weights=weights, heads=heads or None,
+        report = run_export(model, out_dir, weights=weights_by_role(weights), heads=heads or None,
                             random_init=random_init,
                             parity_slides=list(parity_slides) or None, precision=precision,
                             calib=list(calib) or None, calib_tiles=calib_tiles,
@@ -113,6 +115,28 @@ def export_main(model: str, weights: Path | None, heads: tuple[Path, Path] | Non
                        else _precision_summary(report, out_dir))
 
     _guard(go)
+
+
+def weights_by_role(values: tuple[str, ...]) -> dict[str, Path] | Path | None:
+    """``--weights PATH`` → the path; ``--weights ROLE=PATH`` (repeatable) → role → path."""
+    if not values:
+        return None
+    plain = [v for v in values if "=" not in v]
+    if len(plain) > 1 or (plain and len(values) > 1):
+        raise ConfigError("give one --weights PATH, or --weights ROLE=PATH for each role")
+    if plain:
+        return Path(plain[0])
+    return {k: Path(v) for k, v in (item.split("=", 1) for item in values)}
+
+
+def _key_values(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    return out
 
 
 def _precision_summary(report: dict[str, Any], out_dir: Path) -> str:
@@ -131,15 +155,17 @@ def _precision_summary(report: dict[str, Any], out_dir: Path) -> str:
 
 def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
     real = report["parity"].get("real_tissue")
-    real_txt = (f"real tissue: {real['tiles']} tiles, {real['prompts']} box prompts, logits max abs "
-                f"{real['end_to_end_logits']['max_abs']:.2e}, mask IoU mean "
-                f"{real['end_to_end_logits'].get('mask_iou_mean', float('nan')):.4f}"
+    e2e = real.get("end_to_end_logits", {}) if isinstance(real, dict) else {}
+    real_txt = (f"real tissue: {real['tiles']} tiles, {real.get('prompts', 0)} prompts, logits "
+                f"max abs {e2e.get('max_abs', float('nan')):.2e}, mask IoU mean "
+                f"{e2e.get('mask_iou_mean', float('nan')):.4f}"
                 if isinstance(real, dict) else str(real))
     rnd = report["parity"]["random"]
     init = " (RANDOM-INIT weights)" if report["random_init"] else ""
+    worst = ", ".join(f"{k} max abs {v['max_abs']:.2e}" for k, v in rnd.items()
+                      if isinstance(v, dict) and "max_abs" in v)
     return (f"exported {report['model']}{init} to {out_dir} in {report['seconds']['total']} s\n"
-            f"  parity vs torch: random inputs: encoder max abs {rnd['encoder']['max_abs']:.2e}, "
-            f"decoder logits max abs {rnd['decoder_logits']['max_abs']:.2e}; {real_txt}")
+            f"  parity vs torch: random inputs: {worst}; {real_txt}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,51 +179,53 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
                    "first use when the export extra is installed).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--mpp", type=float, help="µm per level-0 pixel, for slides without MPP metadata.")
-@click.option("--context", type=float, default=2.0, show_default=True,
-              help="With --prompts: crop side as a multiple of the prompt's longest side.")
-@click.option("--scheme", type=click.Choice(SCHEMES), default=AutoConfig.prompt_scheme,
-              show_default=True,
-              help="Automatic mode: box proposals from stain blobs, or a SAM point grid.")
-@click.option("--min-score", type=float, default=AutoConfig.pred_iou_thresh, show_default=True,
-              help="Automatic mode: keep objects whose predicted IoU is at least this.")
+@click.option("--option", "-O", "options", multiple=True, metavar="NAME=VALUE",
+              help="A run option of the model's system (repeatable); the flags below are "
+                   "options too. An option the system does not take is refused.")
+@click.option("--context", type=float, default=None,
+              help="Prompted mode: crop side as a multiple of the prompt's longest side "
+                   "(SAM default 2.0).")
+@click.option("--scheme", default=None,
+              help="Automatic mode: 'boxes' (proposals from stain blobs, default) or 'points' "
+                   "(a SAM point grid).")
+@click.option("--min-score", type=float, default=None,
+              help="Automatic mode: keep objects whose predicted IoU is at least this (0.5).")
+@click.option("--prompt-batch", type=click.IntRange(1, 256), default=None,
+              help="Automatic mode: prompts per decoder call (8; memory vs GPU efficiency).")
+@click.option("--lr-layout", default=None,
+              help="WSI-SAM: LR context tiles 'shared' by the HR tiles they cover, or "
+                   "'concentric' with each HR tile as in the released code.")
 @click.option("--pipeline", "pipeline_mode", type=click.Choice(["auto", "on", "off"]),
               default="auto", show_default=True,
-              help="Automatic mode: run the stages concurrently (on), one tile at a time (off), "
-                   "or choose by backend and cores (auto; the report says why).")
+              help="Run the stages concurrently (on), one unit at a time (off), or choose by "
+                   "backend and cores (auto; the report says why).")
 @click.option("--readers", type=click.IntRange(1, 64), default=PipelineConfig.readers,
-              show_default=True, help="Automatic mode: slide-reading threads.")
+              show_default=True, help="Slide-reading threads.")
 @click.option("--encoder-batch", type=click.IntRange(1, 256),
               default=PipelineConfig.encoder_batch, show_default=True,
-              help="Automatic mode: tiles per encoder call.")
-@click.option("--prompt-batch", type=click.IntRange(1, 256), default=AutoConfig.prompt_batch,
-              show_default=True,
-              help="Automatic mode: prompts per decoder call (memory vs GPU efficiency).")
-@click.option("--lr-layout", type=click.Choice(LR_LAYOUTS), default=None,
-              help="WSI-SAM: LR context tiles shared by the HR tiles they cover, or concentric "
-                   "with each HR tile as in the released code (default: the model's, shared).")
+              help="Tiles per encoder call.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
-             backend: str, mpp: float | None, context: float, scheme: str, min_score: float,
-             pipeline_mode: str, readers: int, encoder_batch: int, prompt_batch: int,
-             lr_layout: str | None,
-             out_dir: Path,
-             quiet: bool, as_json: bool) -> None:
-    """Segment SLIDE with a SAM-family model; write GeoJSON, label TIFF, overlay and report.
+             backend: str, mpp: float | None, options: tuple[str, ...], context: float | None,
+             scheme: str | None, min_score: float | None, prompt_batch: int | None,
+             lr_layout: str | None, pipeline_mode: str, readers: int, encoder_batch: int,
+             out_dir: Path, quiet: bool, as_json: bool) -> None:
+    """Run SLIDE through a model's system; write GeoJSON, label TIFF, overlay and report.
 
-    Without --prompts every object on the tissue is segmented (automatic mode)."""
+    Without --prompts the model's prompt-free mode runs (SAM: every object on the tissue)."""
     _setup_logging(quiet)
 
     def go() -> None:
-        from wsisam.runtime.run import RunConfig, run_slide
+        from wsisam.runtime.segment import RunConfig, run_slide
 
+        flags = {"context": context, "scheme": scheme, "min_score": min_score,
+                 "prompt_batch": prompt_batch, "lr_layout": lr_layout}
+        opts = {**{k: v for k, v in flags.items() if v is not None}, **_key_values(options)}
         mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
         cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
-                        model=model, backend=backend, mpp=mpp, context=context,
-                        lr_layout=lr_layout,
-                        auto=AutoConfig(prompt_scheme=scheme, pred_iou_thresh=min_score,
-                                        prompt_batch=prompt_batch),
+                        model=model, backend=backend, mpp=mpp, options=opts,
                         pipeline=PipelineConfig(
                             readers=readers, encoder_batch=encoder_batch,
                             concurrent={"auto": None, "on": True, "off": False}[pipeline_mode]))
@@ -212,7 +240,7 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
 
 
 def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
-    if r["mode"] == "automatic":
+    if "objects" in r:
         t = r["tiles"]
         return (f"{r['objects']['count']} objects on {t['processed']} tissue tiles "
                 f"({len(t['skipped'])} skipped) with {r['model']['name']} on "
@@ -222,14 +250,20 @@ def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
     return (f"{r['prompts']['segmented']}/{r['prompts']['count']} prompts segmented "
             f"({r['crops']['count']} crops, {r['crops']['encoder_passes']} encoder passes, "
             f"{len(r['crops']['skipped'])} skipped) with {r['model']['name']} on "
-            f"{r['backend']['backend']} in {r['timings_s']['segment_total']} s → {out_dir}")
+            f"{r['backend']['backend']} in {r['timings_s']['segment']} s → {out_dir}")
 
 
 def _default_model_dir(model: str, quiet: bool) -> Path:
     """The cached export of ``model``; exported now if absent or stale (made by another wsisam)
-    and the export extra is installed."""
-    from wsisam.engines.manifest import check_manifest, read_manifest
-    from wsisam.runtime.model import default_model_dir
+    and the export extra is installed.
+
+    The export runs in a child process: torch and the traced model then leave with it, so a
+    first run peaks at the runtime's own memory, not at export's plus the runtime's."""
+    import importlib.util
+    import subprocess
+
+    from wsisam.artifacts import check_manifest, read_manifest
+    from wsisam.runtime.graphs import default_model_dir
 
     mdir = default_model_dir(model)
     try:
@@ -237,18 +271,23 @@ def _default_model_dir(model: str, quiet: bool) -> Path:
         return mdir
     except ArtifactError as exc:
         stale = str(exc)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         raise ArtifactError(
             f"no usable export of {model} at {mdir} ({stale}); export it once with: pip install "
-            f"'wsisam[export]' && wsisam-export --model {model} -o {mdir} (or pass --model-dir)"
-        ) from None
+            f"'wsisam[export]' && wsisam-export --model {model} -o {mdir} (or pass --model-dir)")
     if not quiet:
         click.echo(f"exporting {model} to {mdir} (once; {stale.split(';')[0]}) …", err=True)
-    from wsisam.export.run import run_export
-
-    run_export(model, mdir)
+    cmd = [sys.executable, "-c", "from wsisam.cli import export_main; export_main()",
+           "--model", model, "-o", str(mdir), "-q"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode == 130:
+        raise KeyboardInterrupt
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        why = next((ln[len("Error: "):] for ln in reversed(lines) if ln.startswith("Error: ")),
+                   lines[-1])
+        raise ArtifactError(f"exporting {model} to {mdir} failed: {why}")
     return mdir
 
 

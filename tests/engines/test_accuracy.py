@@ -12,7 +12,7 @@ from tests.engines.test_manifest import edit
 from wsisam.calib.tiles import sample_tissue_tiles
 from wsisam.engines import accuracy
 from wsisam.engines.accuracy import accuracy_vs_fp32, gate_failures
-from wsisam.engines.manifest import check_manifest, read_manifest
+from wsisam.artifacts import check_manifest, read_manifest
 from wsisam.errors import AccuracyError, ArtifactError
 from wsisam.registry import get_model
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from wsisam.engines.manifest import MANIFEST_NAME, check_manifest, read_manifest, spec_digest
+from wsisam.artifacts import MANIFEST_NAME, check_manifest, read_manifest, spec_digest
 from wsisam.errors import ArtifactError
 from wsisam.registry import get_model
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from wsisam.engines.manifest import (
+from wsisam.artifacts import (
     PLAN_FORMAT_VERSION,
     check_plan_compat,
     read_plan_manifest,

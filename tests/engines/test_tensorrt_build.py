@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tests.test_cli import assert_one_line_error
 from wsisam.cli import build_main
-from wsisam.engines.profiles import (
+from wsisam.runtime.backends.profiles import (
     input_profiles,
     ort_trt_profile_options,
     output_max_shapes,
@@ -121,7 +121,7 @@ def test_build_and_run_plans(tmp_path, tiny_model_dir, version_compatible):
     build reuses the timing cache; a plans.json claiming another GPU is refused at load."""
     from wsisam.engines.tensorrt_build import build_plans
     from wsisam.errors import ArtifactError
-    from wsisam.runtime.model import SamRuntime
+    from wsisam.systems.sam.runtime import SamRuntime
 
     mdir = tmp_path / "m"
     shutil.copytree(tiny_model_dir, mdir)
@@ -132,12 +132,12 @@ def test_build_and_run_plans(tmp_path, tiny_model_dir, version_compatible):
     for graph, rec in entry["parity_vs_ort_cpu"].items():
         assert rec["verified"], rec
         assert max(rec["max_abs"].values()) < 1e-2, (graph, rec)
-    with SamRuntime(mdir, "auto") as rt:
+    with SamRuntime.open(mdir, "auto") as rt:
         assert rt.describe()["backend"] == "tensorrt", rt.describe()["choice"]
     m = json.loads((pdir / "plans.json").read_text())
     m["gpu"]["name"] = "Some Other GPU"
     (pdir / "plans.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="built on GPU 'Some Other GPU'"):
-        SamRuntime(mdir, "tensorrt")
-    with SamRuntime(mdir, "auto") as rt:  # auto falls back and says why
+        SamRuntime.open(mdir, "tensorrt")
+    with SamRuntime.open(mdir, "auto") as rt:  # auto falls back and says why
         assert "built on GPU 'Some Other GPU'" in rt.describe()["choice"]

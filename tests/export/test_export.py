@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from wsisam.engines.manifest import MANIFEST_NAME, read_manifest
+from wsisam.artifacts import MANIFEST_NAME, read_manifest
 from wsisam.errors import ArtifactError, WeightsError
 from wsisam.export.run import REPORT_NAME, run_export
 
@@ -48,7 +48,7 @@ def test_user_weights_required(tmp_path):
 
 def test_wrong_keys_stop_export_without_output(tmp_path):
     torch = pytest.importorskip("torch")
-    from wsisam.export.modeling import build_sam
+    from wsisam.systems.sam.modeling import build_sam
     from wsisam.registry import get_model
 
     state = build_sam(get_model("test-tinyvit")).state_dict()

@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="model tests need the export extra (torch)")
 
 from wsisam.errors import ConfigError, WeightsError  # noqa: E402
-from wsisam.export.modeling import build_sam  # noqa: E402
-from wsisam.export.modeling.common import window_partition, window_unpartition  # noqa: E402
-from wsisam.export.modeling.tiny_vit import relative_offset_index  # noqa: E402
+from wsisam.systems.sam.modeling import build_sam  # noqa: E402
+from wsisam.systems.sam.modeling.common import window_partition, window_unpartition  # noqa: E402
+from wsisam.systems.sam.modeling.tiny_vit import relative_offset_index  # noqa: E402
 from wsisam.registry import get_model  # noqa: E402
 
 TEST_MODELS = ("test-tinyvit", "test-vit")
@@ -171,7 +171,7 @@ def litemedsam():
 
     spec = get_model("litemedsam")
     try:
-        path = find_wheel_weights(spec)
+        path = find_wheel_weights(spec, spec.weights["sam"])
     except WeightsError as exc:
         pytest.skip(f"LiteMedSAM weights absent: {exc}")
     sam = build_sam(spec)

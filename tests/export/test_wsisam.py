@@ -13,15 +13,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="WSI-SAM export tests need the export extra (torch)")
 
-from wsisam.engines.manifest import read_manifest  # noqa: E402
+from wsisam.artifacts import read_manifest  # noqa: E402
 from wsisam.errors import ConfigError, WeightsError  # noqa: E402
-from wsisam.export.modeling.wsisam import (  # noqa: E402
+from wsisam.systems.wsi_sam.model_torch import (  # noqa: E402
     EXTRA_PREFIXES, WsiSam, build_wsisam, extra_keys)
-from wsisam.export.modeling.wsisam_reference import (  # noqa: E402
+from wsisam.systems.wsi_sam.reference import (  # noqa: E402
     reference_decode, reference_inference, released_lr_box)
-from wsisam.export.run import REPORT_NAME, run_export  # noqa: E402
-from wsisam.export.wsisam_weights import load_wsisam  # noqa: E402
-from wsisam.registry import WsiSamArch, WsiSamSpec, get_model  # noqa: E402
+from wsisam.artifacts import REPORT_NAME
+from wsisam.export.run import run_export  # noqa: E402
+from wsisam.systems.wsi_sam.weights import load_wsisam  # noqa: E402
+from wsisam.registry import get_model  # noqa: E402
+from wsisam.systems.wsi_sam.spec import WsiSamArch, WsiSamSpec  # noqa: E402
 
 TINY = ("test-wsisam", "test-wsisam-vit")
 
@@ -72,7 +74,7 @@ def test_registry_graphs():
     for name, vit_dim in (("wsisam", 160), ("wsisam-vit-b", 768), ("wsisam-vit-h", 1280),
                           ("test-wsisam", 40), ("test-wsisam-vit", 48)):
         spec = get_model(name)
-        assert spec.family == "wsisam" and spec.heads.vit_dim == vit_dim
+        assert spec.system == "wsi_sam" and spec.heads.vit_dim == vit_dim
         assert spec.lr_mpp == 2 * spec.mpp
         g = spec.graphs()
         enc, dec = g["encoder"], g["decoder"]
@@ -265,7 +267,7 @@ def test_heads_required_without_random_init(tmp_path):
         run_export("wsisam", tmp_path / "a")
     with pytest.raises(WeightsError, match="--heads net_high.pth net_low.pth.*--random-init"):
         run_export("wsisam", tmp_path / "b", weights=tmp_path / "mobile_sam.pt")
-    with pytest.raises(ConfigError, match="--heads applies to WSI-SAM"):
+    with pytest.raises(ConfigError, match="--heads sets the weight roles head_high and head_low"):
         run_export("test-tinyvit", tmp_path / "c", heads=(tmp_path / "h", tmp_path / "l"))
     with pytest.raises(ConfigError, match="either --heads or --random-init"):
         load_wsisam(get_model("wsisam"), None, (tmp_path / "h", tmp_path / "l"), random_init=True)
@@ -298,9 +300,9 @@ def test_tiny_export_matches_reference(wsisam_tiny_dir):
         assert res["decoder_logits"]["max_abs"] <= 1e-4
         assert res["encoder"]["max_abs"] <= 1e-3 and res["interm_embeddings"]["max_abs"] <= 1e-3
     assert parity["random"]["decoder_logits"]["mask_iou_mean"] >= 0.99
-    assert report["random_init"] is True and report["wsisam"]["random_parts"] == ["sam", "heads"]
+    assert report["random_init"] is True and report["system_details"]["random_parts"] == ["sam", "heads"]
     manifest = read_manifest(wsisam_tiny_dir)
-    assert manifest["random_init"] is True and manifest["family"] == "wsisam"
+    assert manifest["random_init"] is True and manifest["system"] == "wsi_sam"
     dec = onnx.load(str(wsisam_tiny_dir / "decoder.onnx"))
     ops = {n.op_type for n in dec.graph.node}
     assert not ops & {"ScatterND", "NonZero"}, "prompt embedding must be arithmetic"
@@ -311,7 +313,7 @@ def test_tiny_export_matches_reference(wsisam_tiny_dir):
 
 def test_onnx_decoder_batches_prompts(wsisam_tiny_dir):
     """N prompts in one call give what N one-prompt calls give (the real prompt axis)."""
-    from wsisam.runtime.wsisam_model import WsiSamRuntime
+    from wsisam.systems.wsi_sam.runtime import WsiSamRuntime
 
     spec = get_model("test-wsisam")
     rng = np.random.default_rng(0)
@@ -320,7 +322,7 @@ def test_onnx_decoder_batches_prompts(wsisam_tiny_dir):
     interm = rng.standard_normal((1, spec.heads.vit_dim, h, w)).astype(np.float32)
     hc = np.sort(rng.uniform(0, spec.input_px, (5, 2, 2)), axis=1).astype(np.float32)
     lab = np.tile(np.float32([2, 3]), (5, 1))
-    with WsiSamRuntime(wsisam_tiny_dir, backend="ort-cpu") as rt:
+    with WsiSamRuntime.open(wsisam_tiny_dir, backend="ort-cpu") as rt:
         rt.max_prompts = 2  # exercise chunking too
         masks, iou = rt.decode(emb[:1], interm, emb[1:], hc, hc / 2 + 32, lab)
         one = [rt.decode(emb[:1], interm, emb[1:], hc[i:i + 1], hc[i:i + 1] / 2 + 32, lab[:1])[0]

@@ -12,10 +12,11 @@ import pytest
 from shapely.strtree import STRtree
 
 from tests.conftest import CMU, need
-from wsisam.runtime.auto_pipeline import AutoSegmentation, PipelineConfig
+from wsisam.runtime.pipeline import PipelineConfig
+from wsisam.systems.sam.jobs import AutoSegmentation
 from wsisam.errors import TileReadError
-from wsisam.runtime.automatic import AutoConfig
-from wsisam.runtime.model import SamRuntime
+from wsisam.systems.sam.automatic import AutoConfig
+from wsisam.systems.sam.runtime import SamRuntime
 from wsisam.runtime.slide import ArrayReader, open_slide
 from wsisam.runtime.tissue import tissue_mask
 
@@ -33,7 +34,7 @@ def region(dx: int = 0, dy: int = 0, size: int = REGION_PX) -> ArrayReader:
 
 @pytest.fixture(scope="module")
 def runtime(litemedsam_export):
-    with SamRuntime(litemedsam_export[0], "ort-cpu") as rt:
+    with SamRuntime.open(litemedsam_export[0], "ort-cpu") as rt:
         yield rt
 
 
@@ -149,7 +150,7 @@ class LostRegionReader(ArrayReader):
 def test_unreadable_tiles_are_skipped_and_reported(tiny_model_dir, concurrent):
     base = region()
     reader = LostRegionReader(base.read((0, 0), 0, (REGION_PX, REGION_PX)), base.mpp)
-    with SamRuntime(tiny_model_dir, "ort-cpu") as rt:
+    with SamRuntime.open(tiny_model_dir, "ort-cpu") as rt:
         seg = AutoSegmentation(reader, rt, reader.mpp,
                                pipe=PipelineConfig(concurrent=concurrent))
         reader.lost = True  # after the tissue mask and plan, made from the thumbnail

@@ -10,9 +10,10 @@ import pytest
 from shapely.geometry import box as shapely_box
 
 from wsisam.errors import ConfigError
-from wsisam.runtime.automatic import (AutoConfig, Candidate, Detection, SeamDeduper, TileSizes,
+from wsisam.systems.sam.prompts import propose
+from wsisam.systems.sam.automatic import (AutoConfig, Candidate, Detection, SeamDeduper, TileSizes,
                                       filter_masks, mask_nms, near_core, open_sides,
-                                      owned_detections, propose, stability_score)
+                                      owned_detections, stability_score)
 from wsisam.runtime.preprocess import input_geometry
 from wsisam.runtime.tiling import plan_tiles
 

@@ -63,9 +63,9 @@ def test_unknown_backend():
 
 def test_auto_on_this_machine_records_why(tiny_model_dir):
     """Whatever this machine has, auto picks a backend that can run and says why."""
-    from wsisam.runtime.model import SamRuntime
+    from wsisam.systems.sam.runtime import SamRuntime
 
-    with SamRuntime(tiny_model_dir, "auto") as rt:
+    with SamRuntime.open(tiny_model_dir, "auto") as rt:
         d = rt.describe()
     assert d["choice"].startswith("auto: ")
     if d["backend"] == "ort-cpu":

@@ -8,8 +8,8 @@ from shapely.geometry import box as shapely_box
 
 from tests.conftest import EXAMPLE_PROMPTS
 from wsisam.registry import get_model
-from wsisam.runtime.prompted import finest_crop_l0, plan_crops
-from wsisam.runtime.prompts import Prompt
+from wsisam.runtime.crops import finest_crop_l0, plan_crops
+from wsisam.runtime.prompt_input import Prompt
 
 
 def box_prompt(i, x0, y0, x1, y1):
@@ -85,10 +85,10 @@ def test_accuracy_matches_torch_on_real_tissue(litemedsam_export):
     both scored against an independent stain-based reference (hematoxylin blobs)."""
     torch = pytest.importorskip("torch")
     from tests.conftest import CMU, TCGA
-    from wsisam.calib.objects import stained_objects
+    from wsisam.runtime.stain import stained_objects
     from wsisam.calib.tiles import sample_tissue_tiles
-    from wsisam.export.weights import load_model
-    from wsisam.runtime.model import SamRuntime
+    from wsisam.systems.sam.export import load_model
+    from wsisam.systems.sam.runtime import SamRuntime
     from wsisam.runtime.postprocess import dice, logits_to_crop, mask_iou
     from wsisam.runtime.preprocess import boxes_to_prompts, preprocess_image
 
@@ -98,7 +98,7 @@ def test_accuracy_matches_torch_on_real_tissue(litemedsam_export):
     slides = [p for p in (CMU, TCGA) if p.is_file()]
     tiles = sample_tissue_tiles(slides, spec.input_px, spec.mpp, 6, seed=3)
     d_ort, d_torch, agree = [], [], []
-    with SamRuntime(model_dir, "ort-cpu") as rt:
+    with SamRuntime.open(model_dir, "ort-cpu") as rt:
         for tile in tiles:
             objs = stained_objects(tile.rgb, max_objects=12)
             if not objs:

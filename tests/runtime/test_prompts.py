@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wsisam.errors import PromptError
-from wsisam.runtime.prompts import load_prompts
+from wsisam.runtime.prompt_input import load_prompts
 
 SLIDE_WH = (2000, 1000)
 

@@ -13,7 +13,7 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 
 def test_import_runtime_without_torch():
     res = run_without_torch("""
-        import wsisam.runtime, wsisam.cli, wsisam.engines.manifest, wsisam.calib.tiles
+        import wsisam.runtime, wsisam.cli, wsisam.artifacts, wsisam.calib.tiles
         import sys
         assert sys.modules['torch'] is None
         print('ok')

@@ -12,10 +12,10 @@ import pytest
 from tests.conftest import EXAMPLE_PROMPTS
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
-from wsisam.runtime.prompted import finest_crop_l0, plan_crops
-from wsisam.runtime.prompts import Prompt, load_prompts
+from wsisam.runtime.crops import finest_crop_l0, plan_crops
+from wsisam.runtime.prompt_input import Prompt, load_prompts
 from wsisam.runtime.slide import ArrayReader
-from wsisam.runtime.wsisam_geometry import (concentric_lr_box, concentric_offset_px, hr_to_lr,
+from wsisam.systems.wsi_sam.context import (concentric_lr_box, concentric_offset_px, hr_to_lr,
                                             plan_lr_tiles)
 
 SPEC = get_model("wsisam")  # 1024 px at 1.0 µm/px, LR 2× (geometry only: no graphs needed)
@@ -118,19 +118,32 @@ def _tissue_like(seed: int = 0) -> np.ndarray:
 
 
 def test_concentric_layout_two_passes_per_hr_tile(wsisam_tiny_dir):
-    from wsisam.runtime.wsisam_model import WsiSamRuntime
-    from wsisam.runtime.wsisam_prompted import segment_prompts_wsisam
+    from wsisam.runtime.segment import SlideContext, StageRun
+    from wsisam.systems.wsi_sam.context import passes_summary
+    from wsisam.systems.wsi_sam.runtime import WsiSamRuntime
+
+    def segment(rt, reader, prompts, layout):
+        """The prompted job on the stage pipeline, without writing outputs."""
+        ctx = SlideContext(reader, 2.0, reader.thumbnail(256),
+                           {"lr_layout": layout, "context": 2.0}, prompts=prompts)
+        job = rt.job("prompted", ctx)
+        engine = StageRun(job.stages(), ctx.pipeline, on_cpu=True)
+        for unit in engine.run(job.units()):
+            job.collect(unit, None)
+        results = [job.results[i] for i in sorted(job.results)]
+        passes = passes_summary(job.passes["hr"], job.passes["lr"], job.plan,
+                                rt.spec.input_px, rt.spec.heads.lr_scale)
+        return results, job.crops, job.skipped, engine.report()["stages"], passes
 
     reader = ArrayReader(_tissue_like(), mpp=2.0)  # HR tile = 512 level-0 px
     prompts = [Prompt(i, f"p{i}", {}, (x, y, x + 20, y + 20))
                for i, (x, y) in enumerate([(100, 100), (450, 120), (120, 460), (460, 470)])]
     prompts.append(Prompt(4, "pt", {}, None, np.float32([[455, 125]]), np.float32([1])))
-    with WsiSamRuntime(wsisam_tiny_dir, backend="ort-cpu") as rt:
-        out = {lay: segment_prompts_wsisam(reader, rt, prompts, 2.0, layout=lay)
-               for lay in ("concentric", "shared")}
-    for lay, (results, crops, skipped, times, passes) in out.items():
+    with WsiSamRuntime.open(wsisam_tiny_dir, backend="ort-cpu") as rt:
+        out = {lay: segment(rt, reader, prompts, lay) for lay in ("concentric", "shared")}
+    for lay, (results, crops, skipped, stages, passes) in out.items():
         assert [r.prompt.index for r in results] == list(range(5)) and not skipped
-        assert passes["hr_tiles"] == len(crops) and times.encode > 0
+        assert passes["hr_tiles"] == len(crops) and stages["encode"]["busy_s"] > 0
     assert out["concentric"][4]["encoder_passes_per_hr_tile"] == 2.0
     shared, conc = out["shared"][4], out["concentric"][4]
     assert shared["hr_tiles"] == conc["hr_tiles"] >= 4
@@ -146,11 +159,11 @@ def test_unreadable_regions_are_skipped_and_reported(wsisam_tiny_dir, lost_tiles
     res = run_slide(RunConfig(slide=lost_tiles, out_dir=tmp_path, model_dir=wsisam_tiny_dir,
                               prompts=EXAMPLE_PROMPTS, backend="ort-cpu"))
     rep = res.report
-    status = {r.prompt.feature_id: r.status for r in res.results}
+    feats = json.loads(res.outputs["geojson"].read_text())["features"]
+    status = {f["id"]: f["properties"]["status"] for f in feats}
     assert status["fragment-1"] != "skipped" and status["nucleus-01"] != "skipped"
     assert rep["prompts"]["skipped"] > 0 and rep["crops"]["skipped"]
     assert all("cannot decode" in s["reason"] for s in rep["crops"]["skipped"])
-    blank = rep["wsisam"]["lr_tiles_with_blank_blocks"]
+    blank = rep["lr_context"]["lr_tiles_with_blank_blocks"]
     assert blank and 0 < blank[0]["blank_blocks"] < blank[0]["blocks"]
-    feats = json.loads(res.outputs["geojson"].read_text())["features"]
     assert len(feats) == rep["prompts"]["count"]

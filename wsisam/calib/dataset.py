@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from wsisam.calib.objects import stain_densities
+from wsisam.runtime.stain import stain_densities
 from wsisam.calib.tiles import SLIDE_SUFFIXES, TissueTile, plan_tissue_tiles
 from wsisam.errors import ConfigError, SlideError
 from wsisam.registry import Preprocess

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from wsisam.engines.manifest import sha256_file
-from wsisam.engines.onnx_io import graph_files
+from wsisam.artifacts import sha256_file
+from wsisam.artifacts import graph_files
 from wsisam.errors import require
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

@@ -15,22 +15,13 @@ import numpy as np
 
 from wsisam.runtime.slide import open_slide, read_region_at
 from wsisam.runtime.tiling import plan_tiles
-from wsisam.runtime.tissue import tissue_mask
+from wsisam.runtime.tissue import TissueTile, tissue_mask
 
 log = logging.getLogger(__name__)
 
 THUMB_PX = 1024
 # File suffixes treated as slides when a folder is given (parity, calibration).
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".mrxs", ".scn")
-
-
-@dataclass(frozen=True)
-class TissueTile:
-    """A tile of real tissue: ``rgb`` (tile_px, tile_px, 3) uint8 of ``box_l0`` in ``slide``."""
-
-    slide: str
-    box_l0: tuple[int, int, int, int]
-    rgb: np.ndarray
 
 
 @dataclass(frozen=True)

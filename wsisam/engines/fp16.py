@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsisam.engines.onnx_io import save_graph
+from wsisam.artifacts import save_graph
 from wsisam.errors import require
 
 

@@ -9,13 +9,13 @@ was not run here (see ``docs/design.md``, "TensorRT and GPU"). What the build do
   which TensorRT 10.12 deprecated and 11 removed. On 10.x ``STRONGLY_TYPED`` must be passed to
   ``create_network``; on 11.x it is accepted and ignored (strong typing is always on).
 - **One optimisation profile** per graph, (min, opt, max) from the registry
-  (:mod:`wsisam.engines.profiles`): the encoder's batch, the decoder's prompt and point axes.
+  (:mod:`wsisam.runtime.backends.profiles`): the encoder's batch, the decoder's prompt and point axes.
 - **Timing cache** loaded from and saved to ``timing.cache`` beside the plans (shared by the
   graphs of one build, reused by the next build on the same GPU/TensorRT).
 - **Version-compatible** plans (``--version-compatible``) run on later TensorRT versions and on
   the lean runtime (``tensorrt_lean``); ``--exclude-lean-runtime`` leaves the lean runtime out of
   the plan (smaller; then only ``tensorrt_lean`` loads it).
-- **Manifest** ``plans.json`` (:func:`~wsisam.engines.manifest.check_plan_compat`): TensorRT
+- **Manifest** ``plans.json`` (:func:`~wsisam.artifacts.check_plan_compat`): TensorRT
   version and flags, GPU name, compute capability, CUDA driver/runtime versions, sha256 of every
   plan and of the ONNX files it came from, the profile shapes, and each plan's outputs against
   ONNX Runtime (CPU) on seeded random inputs.
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from wsisam.engines.manifest import (
+from wsisam.artifacts import (
     PLAN_DIR_NAME,
     check_manifest,
     read_manifest,
@@ -41,9 +41,9 @@ from wsisam.engines.manifest import (
     version_tuple,
     write_plan_manifest,
 )
-from wsisam.engines.profiles import input_profiles
+from wsisam.runtime.backends.profiles import input_profiles
 from wsisam.errors import ArtifactError, ConfigError, DependencyError
-from wsisam.registry import GraphSpec, ModelSpec
+from wsisam.registry import GraphSpec, SystemSpec
 from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def build_plans(model_dir: Path, out_dir: Path | None = None,
     """Build one plan per graph of ``model_dir`` into ``out_dir`` (default
     ``<model_dir>/tensorrt``); returns the written ``plans.json`` content."""
     from wsisam.runtime.backends import cuda
-    from wsisam.runtime.backends.tensorrt import _collecting_logger
+    from wsisam.runtime.backends.tensorrt import collecting_logger
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -132,7 +132,7 @@ def build_plans(model_dir: Path, out_dir: Path | None = None,
     device = cuda.require_device(config.device)  # checked before any TensorRT object exists
     t0 = time.perf_counter()
     with staged_dir(out_dir) as stage:
-        logger = _collecting_logger(trt)
+        logger = collecting_logger(trt)
         builder = trt.Builder(logger)
         cache_path = config.timing_cache or out_dir / TIMING_CACHE_NAME
         cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -211,7 +211,7 @@ def _parser_errors(parser: Any) -> str:
     return f"{' '.join(str(e.desc()).split())[:300]}{where}{more}"
 
 
-def _manifest(spec: ModelSpec, manifest: dict[str, Any], model_dir: Path, trt: Any, device: Any,
+def _manifest(spec: SystemSpec, manifest: dict[str, Any], model_dir: Path, trt: Any, device: Any,
               config: BuildConfig, plans: dict[str, Any], flags: dict) -> dict[str, Any]:
     return {
         "model": spec.name, "precision": manifest.get("precision"),
@@ -247,7 +247,7 @@ def random_feed(graph: GraphSpec, input_px: int, rng: np.random.Generator,
     return feed
 
 
-def _verify(model_dir: Path, plan_dir: Path, spec: ModelSpec, device: int) -> dict[str, Any]:
+def _verify(model_dir: Path, plan_dir: Path, spec: SystemSpec, device: int) -> dict[str, Any]:
     """Each plan vs ONNX Runtime (CPU) on the same ONNX graph, at the profile's opt shapes."""
     from wsisam.runtime.backends.ort import OrtBackend
     from wsisam.runtime.backends.tensorrt import TensorRTBackend

@@ -1,4 +1,4 @@
-"""Trace the registry's graphs out of a torch :class:`~wsisam.export.modeling.Sam` into ONNX.
+"""Trace a system's torch graphs into ONNX under the names and dynamic axes of their GraphSpec.
 
 Always the TorchScript exporter (``dynamo=False``, opset 17): the SAM mask decoder only exports with
 it, and torch ≥ 2.9 otherwise defaults to dynamo and silently raises the opset.
@@ -12,56 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsisam.registry import GraphSpec, ModelSpec
+from wsisam.artifacts import PROTOBUF_LIMIT
+from wsisam.registry import GraphSpec
 
 OPSET = 17
-PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf cannot exceed 2 GB
 
 
-class EncoderGraph(nn.Module):
-    """``image`` (B, 3, n, n) normalised+padded → ``image_embeddings`` (B, C, h, w)."""
-
-    def __init__(self, sam: nn.Module) -> None:
-        super().__init__()
-        self.sam = sam
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.sam.encode(image)
-
-
-class DecoderGraph(nn.Module):
-    """(``image_embeddings`` (1,C,h,w), ``point_coords`` (N,P,2), ``point_labels`` (N,P)) →
-    (``low_res_masks`` (N,K,mh,mw), ``iou_predictions`` (N,K))."""
-
-    def __init__(self, sam: nn.Module) -> None:
-        super().__init__()
-        self.sam = sam
-
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
-                point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sam.decode(image_embeddings, point_coords, point_labels)
-
-
-def example_inputs(spec: ModelSpec, graph: str) -> tuple[torch.Tensor, ...]:
-    """Trace inputs for ``graph``; dynamic axes get sizes > 1 so no axis is specialised to 1."""
-    g = torch.Generator().manual_seed(0)
-    n = spec.input_px
-    if graph == "encoder":
-        return (torch.randn(2, 3, n, n, generator=g),)
-    h, w = spec.embed_hw
-    emb = torch.randn(1, spec.embed_dim, h, w, generator=g)
-    coords = torch.rand(3, 2, 2, generator=g) * n
-    labels = torch.tensor([[2.0, 3.0]] * 3)
-    return emb, coords, labels
-
-
-def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
-                 external_threshold: int = PROTOBUF_LIMIT, module: nn.Module | None = None,
-                 inputs: tuple[torch.Tensor, ...] | None = None) -> list[Path]:
-    """Export one graph to ``out_dir/<graph>.onnx``; returns the files written.
-
-    ``module``/``inputs`` replace the SAM graph wrapper and its trace inputs (other families,
-    e.g. WSI-SAM, bring their own); names and dynamic axes still come from ``spec.graphs()``.
+def export_graph(module: nn.Module, gspec: GraphSpec, inputs: tuple[torch.Tensor, ...],
+                 out_dir: Path, external_threshold: int = PROTOBUF_LIMIT) -> list[Path]:
+    """Export one graph (``module`` traced on ``inputs``) to ``out_dir/<name>.onnx``; returns
+    the files written. Names and dynamic axes come from ``gspec``.
 
     Weights move to one external-data file ``<graph>.onnx.data`` when the graph is larger than
     ``external_threshold`` bytes (the protobuf limit by default; lower in tests to exercise it).
@@ -73,11 +33,7 @@ def export_graph(sam: nn.Module, spec: ModelSpec, graph: str, out_dir: Path,
 
     import onnx
 
-    gspec: GraphSpec = spec.graphs()[graph]
-    if module is None:
-        module = EncoderGraph(sam) if graph == "encoder" else DecoderGraph(sam)
-    if inputs is None:
-        inputs = example_inputs(spec, graph)
+    graph = gspec.name
     dynamic = {t.name: t.dynamic_axes() for t in (*gspec.inputs, *gspec.outputs) if t.dynamic_axes()}
     final = Path(out_dir) / f"{graph}.onnx"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{graph}-trace-") as scratch:

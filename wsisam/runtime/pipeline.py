@@ -15,6 +15,7 @@ end-of-stream sentinel follows the last item through every stage.
 from __future__ import annotations
 
 import enum
+import os
 import queue
 import threading
 import time
@@ -87,13 +88,17 @@ def _call(stage: Stage, items: list[Any], st: StageStats) -> list[Any]:
     item, the call's time booked to ``st``."""
     st.items_in += len(items)
     t0 = time.perf_counter()
-    if stage.batched:
-        results = list(stage.fn(items))
-        if len(results) != len(items):
-            raise RuntimeError(f"batched stage {stage.name!r} returned {len(results)} results "
-                               f"for {len(items)} items")
-    else:
-        results = [stage.fn(items[0])]
+    _LOCAL.stage = stage.name
+    try:
+        if stage.batched:
+            results = list(stage.fn(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"batched stage {stage.name!r} returned {len(results)} "
+                                   f"results for {len(items)} items")
+        else:
+            results = [stage.fn(items[0])]
+    finally:
+        _LOCAL.stage = ""
     st.busy_s += time.perf_counter() - t0
     return results
 
@@ -338,3 +343,60 @@ class Pipeline:
         """Name of the stage with the highest ``busy_s / workers`` in the latest run."""
         stats = self.stats()
         return max(self._stages, key=lambda s: stats[s.name]["busy_s"] / s.workers).name
+
+
+# --- what the stages run on, and how ---------------------------------------------------------
+
+_LOCAL = threading.local()
+
+
+def current_stage() -> str:
+    """Name of the stage whose ``fn`` this thread is running ('' outside a stage)."""
+    return getattr(_LOCAL, "stage", "")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the stages run: reader threads, inference batch, queue bound.
+
+    ``concurrent``: True runs the stages on their threads; False runs the same stages one unit
+    at a time in the caller's thread (the sequential baseline); None (default) chooses:
+    sequential when inference runs on the CPU and this process has at most
+    ``SEQUENTIAL_MAX_CORES`` cores, concurrent otherwise. Measured on 2 cores
+    (docs/benchmarks.md, "Automatic mode"): one ONNX Runtime call already keeps both busy, and
+    the host stages running beside it slow it more than they overlap (pipeline 0.92× the loop).
+
+    ``exclusive_inference``: inference calls of different stages never overlap (None: when the
+    backend runs on the CPU). ONNX Runtime already spreads one call over every core, with
+    spinning worker threads; two calls at once oversubscribe the cores (measured:
+    docs/benchmarks.md, "Automatic mode"). The other stages still overlap with inference. On a
+    GPU the calls overlap, each backend on its own CUDA streams: that is what the pipeline is for.
+    """
+
+    readers: int = 2
+    encoder_batch: int = 1
+    queue_size: int = 2
+    concurrent: bool | None = None
+    exclusive_inference: bool | None = None
+
+
+SEQUENTIAL_MAX_CORES = 2
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_concurrency(asked: bool | None, on_cpu: bool) -> tuple[bool, str]:
+    """(run the stages concurrently?, why) for :attr:`PipelineConfig.concurrent`."""
+    if asked is not None:
+        return asked, "requested"
+    cores = usable_cores()
+    if on_cpu and cores <= SEQUENTIAL_MAX_CORES:
+        return False, (f"auto: inference on the CPU with {cores} cores, which one ONNX Runtime "
+                       f"call already keeps busy: one tile at a time is faster here")
+    return True, (f"auto: inference on {'the CPU' if on_cpu else 'an accelerator'} with "
+                  f"{cores} CPU cores: stages overlap")

@@ -49,14 +49,6 @@ def preprocess_image(rgb: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, Inpu
     return out, geom
 
 
-def preprocess_batch(
-    crops: list[np.ndarray], pre: Preprocess
-) -> tuple[np.ndarray, list[InputGeometry]]:
-    """Crops → (B, 3, input_px, input_px) float32 and one geometry per crop."""
-    pairs = [preprocess_image(c, pre) for c in crops]
-    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-
-
 BOX_LABELS = (2.0, 3.0)
 PAD_LABEL = -1.0
 

@@ -16,7 +16,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import cv2
 import numpy as np
@@ -38,6 +38,7 @@ THUMB_CHUNK_PX = 1024
 # Decoded-tile cache shared by the per-thread handles of one slide (OpenSlide's default is 32 MiB
 # per handle).
 DEFAULT_CACHE_BYTES = 64 * 2**20
+BLANK_BLOCKS = 4  # read_with_blank_blocks: an unreadable region is re-read as 4×4 blocks
 
 
 @runtime_checkable
@@ -300,6 +301,37 @@ def read_box(reader: SlideReader, box_l0: tuple[float, float, float, float],
     shrink = lw >= out_w and lh >= out_h
     return cv2.resize(rgb, (out_w, out_h),
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def read_with_blank_blocks(reader: SlideReader, box_l0: tuple[float, float, float, float],
+                           out_px: int, blocks: int = BLANK_BLOCKS) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """:func:`read_region_at`, but where the region cannot be decoded, block by block.
+
+    For context reads that serve several crops (WSI-SAM's LR tiles): one corrupt slide tile in
+    it should cost that part of the context, not every crop it serves. A failed read is retried
+    as ``blocks`` × ``blocks`` sub-reads and the blocks that still fail are left white (the
+    colour outside the slide). Returns the (out_px, out_px, 3) uint8 tile and None, or
+    ``{"blocks", "blank_blocks", "reason"}`` when blocks were blanked.
+    """
+    try:
+        return read_region_at(reader, box_l0, out_px), None
+    except TileReadError as exc:
+        first = str(exc)
+    x0, y0, x1, y1 = box_l0
+    edges = np.linspace(0, out_px, blocks + 1).round().astype(int)
+    sx, sy = (x1 - x0) / out_px, (y1 - y0) / out_px
+    out = np.full((out_px, out_px, 3), 255, np.uint8)
+    blank = 0
+    for r0, r1 in zip(edges[:-1], edges[1:]):
+        for c0, c1 in zip(edges[:-1], edges[1:]):
+            sub = (x0 + c0 * sx, y0 + r0 * sy, x0 + c1 * sx, y0 + r1 * sy)
+            try:
+                out[r0:r1, c0:c1] = read_box(reader, sub, (c1 - c0, r1 - r0))
+            except TileReadError:
+                blank += 1
+    log.warning("region %s: %d of %d blocks unreadable, left white (%s)",
+                [round(v) for v in box_l0], blank, blocks * blocks, first)
+    return out, {"blocks": blocks * blocks, "blank_blocks": blank, "reason": first}
 
 
 def _check_slide_file(path: Path) -> str:

@@ -13,6 +13,8 @@ median filter (autofluorescence), or Otsu on brightness closed over the gaps bet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -29,6 +31,16 @@ MIN_SPECK_FRACTION = 0.001
 KERNEL_FRACTION = 0.01
 # Gaps between labelled nuclei closed in fluorescence, as a fraction of the longest side.
 NUCLEI_GAP_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class TissueTile:
+    """A tile of real tissue: ``rgb`` (tile_px, tile_px, 3) uint8 of ``box_l0`` (level-0 px) in
+    ``slide`` (a path): what parity, calibration and accuracy gates run on."""
+
+    slide: str
+    box_l0: tuple[int, int, int, int]
+    rgb: np.ndarray
 
 
 def is_fluorescence(thumb_rgb: np.ndarray) -> bool:

@@ -7,7 +7,7 @@ __all__ = ["Backend", "OrtBackend", "available_providers", "create_backend", "BA
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
 
-# Option names by backend family; create_backend passes each backend only its own.
+# Option names by kind of backend; create_backend passes each backend only its own.
 _ORT_OPTIONS = ("intra_op_threads", "allow_spinning")
 _GPU_OPTIONS = ("device", "slots")
 _TRT_OPTIONS = ("plan_dir", "cuda_graph")

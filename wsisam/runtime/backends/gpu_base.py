@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from wsisam.engines.profiles import input_profiles, output_max_shapes, shape_in_range
+from wsisam.runtime.backends.profiles import input_profiles, output_max_shapes, shape_in_range
 from wsisam.errors import ConfigError
 from wsisam.registry import GraphSpec, TensorSpec
 from wsisam.runtime.backends.base import Backend

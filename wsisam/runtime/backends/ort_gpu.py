@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from wsisam.engines.profiles import ort_trt_profile_options
+from wsisam.runtime.backends.profiles import ort_trt_profile_options
 from wsisam.errors import ConfigError, DependencyError
 from wsisam.registry import GraphSpec
 from wsisam.runtime.backends.gpu_base import Shape, StagedGpuBackend

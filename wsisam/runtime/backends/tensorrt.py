@@ -7,7 +7,7 @@ Plans come from ``wsisam-build`` (``wsisam/engines/tensorrt_build.py``) and live
 1. *Preflight* (no TensorRT object yet): cuda-python importable, a CUDA device present (a
    ``tensorrt_lean`` Runtime created without one logs CUDA error 35 and crashes the interpreter
    at exit), a TensorRT module that can run this plan importable, plans present and matching the
-   model directory, this GPU and this TensorRT (:func:`~wsisam.engines.manifest.check_plan_compat`,
+   model directory, this GPU and this TensorRT (:func:`~wsisam.artifacts.check_plan_compat`,
    sha256 of every plan included). Every problem found is reported in one line.
 2. Streams, then the Runtime and the engine; its I/O names and dtypes are checked against the
    registry, then buffers are allocated once for the profile's largest shapes.
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wsisam.engines.manifest import (
+from wsisam.artifacts import (
     PLAN_DIR_NAME,
     check_plan_compat,
     read_manifest,
@@ -201,7 +201,7 @@ class TensorRTBackend(StagedGpuBackend):
 
     def _open_engine(self) -> None:
         trt = self._trt
-        self._logger = _collecting_logger(trt)
+        self._logger = collecting_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         if (self._entry.get("tensorrt") or {}).get("version_compatible"):
             # A version-compatible plan carries host code; it is trusted because its sha256 was
@@ -311,7 +311,7 @@ class TensorRTBackend(StagedGpuBackend):
                 "cuda_graph": self._cuda_graph_note}
 
 
-def _collecting_logger(trt: Any) -> Any:
+def collecting_logger(trt: Any) -> Any:
     """A TensorRT ILogger that keeps errors (for one-line messages) and forwards warnings."""
 
     class Logger(trt.ILogger):  # type: ignore[misc, name-defined]

@@ -1,0 +1,1 @@
+"""SAM v1 and its TinyViT variants (LiteMedSAM, MobileSAM): encoder + prompt decoder."""

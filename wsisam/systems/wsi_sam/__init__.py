@@ -1,0 +1,1 @@
+"""WSI-SAM: SAM-family encoder on HR and LR tiles, HR/LR heads fused in one decoder graph."""
