@@ -69,6 +69,9 @@ def test_run_example_prompts_on_cmu(wsisam_tiny_dir, cmu_slide, tmp_path):
     assert rep["model"]["name"] == "test-wsisam" and rep["prompts"]["count"] == len(src)
     assert rep["prompts"]["segmented"] + rep["prompts"]["empty"] == len(src)
     w = rep["lr_context"]
+    from wsisam import __version__
+
+    assert rep["wsisam"] == __version__, "the version key is not overwritten by the system's block"
     assert w["layout"] == "shared" and w["hr_mpp"] == 8.0 and w["lr_mpp"] == 16.0
     assert w["encoder_passes_per_hr_tile"] <= 1.25 < w["naive_passes_per_hr_tile"]
     assert rep["crops"]["encoder_passes"] == w["hr_tiles"] + w["lr_tiles"]
@@ -94,3 +97,27 @@ def test_automatic_mode_refuses_a_wsisam_model(wsisam_tiny_dir, cmu_slide, tmp_p
         cmu_slide, "--model-dir", wsisam_tiny_dir, "-o", tmp_path / "out")])
     assert_one_line_error(res, "runs only with prompts")
     assert "pass --prompts" in res.stderr and no_outputs(tmp_path / "out")
+
+
+def test_export_precision_options_are_checked_for_wsisam_too(tmp_path):
+    """--calib / --keep-float go through the one export driver, for WSI-SAM as for SAM."""
+    res = export(["--model", "test-wsisam", "--calib", tmp_path, "-o", tmp_path / "m"])
+    assert_one_line_error(res, "--calib and --keep-float apply to --precision fp16/int8 only")
+    res = export(["--model", "test-wsisam", "--keep-float", "x", "-o", tmp_path / "m"])
+    assert_one_line_error(res, "--calib and --keep-float apply to --precision fp16/int8 only")
+
+
+def test_weight_roles_and_system_options_are_checked(tmp_path, tiny_model_dir, cmu_slide):
+    res = export(["--model", "test-wsisam", "--weights", f"classifier={tmp_path / 'c.pth'}",
+                  "-o", tmp_path / "m"])
+    assert_one_line_error(res, "test-wsisam has no weight role classifier; its roles: sam, "
+                               "head_high, head_low")
+    res = CliRunner().invoke(run_main, [str(a) for a in (
+        cmu_slide, "--model-dir", tiny_model_dir, "--lr-layout", "shared", "-o",
+        tmp_path / "out")])
+    assert_one_line_error(res, "lr_layout is not an option of test-tinyvit (system sam)")
+    res = CliRunner().invoke(run_main, [str(a) for a in (
+        cmu_slide, "--model-dir", tiny_model_dir, "-O", "min_score=high", "-o",
+        tmp_path / "out")])
+    assert_one_line_error(res, "option min_score of test-tinyvit takes a float")
+    assert no_outputs(tmp_path / "out")
