@@ -100,6 +100,12 @@ class ExclusiveGraphs:
         self._lock = threading.Lock()
         self.waits: dict[str, float] = {}
 
+    @classmethod
+    def wanted(cls, graphs: Any, asked: bool | None, on_cpu: bool) -> "ExclusiveGraphs | None":
+        """``graphs`` serialised when asked (``PipelineConfig.exclusive_inference``), or by
+        default when inference runs on the CPU; None otherwise."""
+        return cls(graphs) if (on_cpu if asked is None else asked) else None
+
     def run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         with self._lock:

@@ -168,9 +168,7 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
         ctx = SlideContext(reader, mpp, reader.thumbnail(THUMB_PX), options, cfg.pipeline,
                            prompts, cfg.prompts)
         on_cpu = graphs.on_cpu
-        exclusive_asked = cfg.pipeline.exclusive_inference
-        exclusive = ExclusiveGraphs(graphs) if (on_cpu if exclusive_asked is None
-                                                 else exclusive_asked) else None
+        exclusive = ExclusiveGraphs.wanted(graphs, cfg.pipeline.exclusive_inference, on_cpu)
         job = runtime_class(spec)(spec, exclusive or graphs).job(mode, ctx)
         units = job.units()
         engine = StageRun(job.stages(), cfg.pipeline, on_cpu, exclusive)

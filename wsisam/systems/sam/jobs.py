@@ -19,6 +19,7 @@ and encoded once and its prompts decoded in batched calls, masks mapped back to 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -277,9 +278,8 @@ class AutoSegmentation:
         from wsisam.runtime.segment import StageRun
 
         on_cpu = runtime.describe().get("backend") == "ort-cpu"
-        excl = on_cpu if pipe.exclusive_inference is None else pipe.exclusive_inference
-        self._exclusive = ExclusiveGraphs(runtime.graphs) if excl else None
-        rt = type(runtime)(runtime.spec, self._exclusive) if excl else runtime
+        self._exclusive = ExclusiveGraphs.wanted(runtime.graphs, pipe.exclusive_inference, on_cpu)
+        rt = type(runtime)(runtime.spec, self._exclusive) if self._exclusive else runtime
         ctx = SlideContext(reader, slide_mpp, reader.thumbnail(1024) if thumb is None else thumb,
                            {}, pipe)
         self.job = AutomaticJob(rt, ctx, auto)
@@ -290,7 +290,10 @@ class AutoSegmentation:
 
     def __iter__(self) -> Iterator[Detection]:
         for done, work in enumerate(self._engine.run(self.job.tiles), 1):
-            yield from self.job.stitch(work)
+            t = time.perf_counter()
+            found = self.job.stitch(work)
+            self._engine.collect_s += time.perf_counter() - t
+            yield from found
             if self.on_tile:
                 self.on_tile(done, len(self.tiles))
 
