@@ -1,4 +1,5 @@
-"""Console entry points ``wsisam-export`` and ``wsisam-run``: parse, call the library, report.
+"""Console entry points ``wsisam-export``, ``wsisam-run``, ``wsisam-build``, ``wsisam-train``:
+parse, call the library, report.
 
 User errors (:class:`~wsisam.errors.WsisamError`) print one ``Error:`` line and exit 1; Ctrl-C
 exits 130 after the library has removed its partial outputs; usage errors exit 2 (click).
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from wsisam.errors import ArtifactError, ConfigError, WsisamError
-from wsisam.registry import DEFAULT_MODEL, list_models
+from wsisam.registry import DEFAULT_MODEL, list_models, trainer
 from wsisam.runtime.backends import BACKENDS
 from wsisam.runtime.pipeline import PipelineConfig
 
@@ -358,3 +359,15 @@ def build_main(model_dir: Path, out_dir: Path | None, version_compatible: bool,
                        f"→ {out_dir or Path(model_dir) / 'tensorrt'}")
 
     _guard(go)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("system")
+@click.pass_context
+def train_main(ctx: click.Context, system: str) -> None:
+    """Train SYSTEM's trainable parts (``wsisam-train SYSTEM --help`` for its options).
+
+    Trainable systems are those whose registry entry names a trainer."""
+    command = _guard(lambda: trainer(system))
+    command.main(args=ctx.args, prog_name=f"wsisam-train {system}", standalone_mode=True)

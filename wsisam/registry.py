@@ -235,6 +235,8 @@ class SystemEntry:
     name: str
     runtime: str
     export: str
+    #: ``module:command``: the system's trainer, a click command run by ``wsisam-train NAME``
+    train: str | None = None
 
 
 _SYSTEMS: dict[str, SystemEntry] = {}
@@ -297,6 +299,22 @@ def system_entry(spec: SystemSpec) -> SystemEntry:
 def _load(ref: str) -> Any:
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def trainable_systems() -> list[str]:
+    _ensure_builtins()
+    return [n for n, e in _SYSTEMS.items() if e.train]
+
+
+def trainer(system: str) -> Any:
+    """The click command that trains ``system`` (``wsisam-train SYSTEM``); an unknown or
+    untrainable name lists the trainable ones."""
+    _ensure_builtins()
+    entry = _SYSTEMS.get(system)
+    if entry is None or not entry.train:
+        raise ConfigError(f"'{system}' is not a trainable system; trainable: "
+                          f"{', '.join(trainable_systems()) or 'none'}")
+    return _load(entry.train)
 
 
 def runtime_class(spec: SystemSpec) -> Any:
