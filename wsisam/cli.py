@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from wsisam.errors import ArtifactError, ConfigError, WsisamError
-from wsisam.registry import DEFAULT_MODEL, list_models, trainer
+from wsisam.registry import DEFAULT_MODEL, DEFAULT_NUCLEI_MODEL, list_models, trainer
 from wsisam.runtime.backends import BACKENDS
 from wsisam.runtime.pipeline import PipelineConfig
 
@@ -174,7 +174,8 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("--prompts", type=click.Path(path_type=Path),
               help="GeoJSON of box (Polygon) / point (Point) prompts in level-0 pixels.")
 @click.option("--model", "model", type=click.Choice(list_models()), default=None,
-              help=f"Model to run (default: the model directory's, else {DEFAULT_MODEL}).")
+              help=f"Model to run (default: the model directory's; else {DEFAULT_NUCLEI_MODEL} on "
+                   f"brightfield slides without prompts or options, {DEFAULT_MODEL} otherwise).")
 @click.option("--model-dir", type=click.Path(path_type=Path),
               help="Exported model directory (default: the cached export of --model, made on "
                    "first use when the export extra is installed).")
@@ -215,7 +216,8 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
              out_dir: Path, quiet: bool, as_json: bool) -> None:
     """Run SLIDE through a model's system; write GeoJSON, label TIFF, overlay and report.
 
-    Without --prompts the model's prompt-free mode runs (SAM: every object on the tissue)."""
+    Without --prompts the model's prompt-free mode runs (nuclei by default on H&E; SAM with
+    --scheme boxes|points: every object on the tissue)."""
     _setup_logging(quiet)
 
     def go() -> None:
@@ -224,7 +226,9 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
         flags = {"context": context, "scheme": scheme, "min_score": min_score,
                  "prompt_batch": prompt_batch, "lr_layout": lr_layout}
         opts = {**{k: v for k, v in flags.items() if v is not None}, **_key_values(options)}
-        mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
+        if model_dir is None and model is None:
+            model_name = default_model(slide, prompts, opts, mpp)
+        mdir = model_dir or _default_model_dir(model or model_name, quiet)
         cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
                         model=model, backend=backend, mpp=mpp, options=opts,
                         pipeline=PipelineConfig(
@@ -238,6 +242,23 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
             click.echo(_run_summary(result.report, out_dir))
 
     _guard(go)
+
+
+def default_model(slide: Path, prompts: Path | None, opts: dict[str, Any],
+                  mpp: float | None) -> str:
+    """The model a run without --model/--model-dir uses: the nuclei model on a brightfield
+    slide without prompts or options, else the SAM default (prompts, fluorescence, or options
+    such as --scheme boxes, which are SAM's)."""
+    if prompts is not None or opts:
+        return DEFAULT_MODEL
+    from wsisam.runtime.slide import open_slide
+    from wsisam.runtime.tissue import is_fluorescence
+
+    reader = open_slide(slide, mpp)
+    try:
+        return DEFAULT_MODEL if is_fluorescence(reader.thumbnail(1024)) else DEFAULT_NUCLEI_MODEL
+    finally:
+        reader.close()
 
 
 def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
@@ -370,4 +391,11 @@ def train_main(ctx: click.Context, system: str) -> None:
 
     Trainable systems are those whose registry entry names a trainer."""
     command = _guard(lambda: trainer(system))
-    command.main(args=ctx.args, prog_name=f"wsisam-train {system}", standalone_mode=True)
+    try:
+        _guard(lambda: command.main(args=ctx.args, prog_name=f"wsisam-train {system}",
+                                    standalone_mode=False))
+    except click.exceptions.Exit as exc:  # --help
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)

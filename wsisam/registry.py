@@ -242,7 +242,8 @@ class SystemEntry:
 _SYSTEMS: dict[str, SystemEntry] = {}
 _MODELS: dict[str, SystemSpec] = {}
 # The built-in systems: their spec modules register their models when first needed.
-BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec")
+BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec",
+                 "wsisam.systems.cell_sam.spec")
 _loaded = False
 
 
@@ -307,10 +308,14 @@ def trainable_systems() -> list[str]:
 
 
 def trainer(system: str) -> Any:
-    """The click command that trains ``system`` (``wsisam-train SYSTEM``); an unknown or
-    untrainable name lists the trainable ones."""
+    """The click command that trains ``system`` (``wsisam-train SYSTEM``): a system name, one
+    without its underscores (``cellsam``), or a model of the system; an unknown or untrainable
+    name lists the trainable ones."""
     _ensure_builtins()
-    entry = _SYSTEMS.get(system)
+    squash = system.replace("_", "").replace("-", "")
+    entry = _SYSTEMS.get(system) or (_SYSTEMS[_MODELS[system].system] if system in _MODELS
+                                     else None) or next(
+        (e for n, e in _SYSTEMS.items() if n.replace("_", "") == squash), None)
     if entry is None or not entry.train:
         raise ConfigError(f"'{system}' is not a trainable system; trainable: "
                           f"{', '.join(trainable_systems()) or 'none'}")
@@ -329,5 +334,8 @@ def export_plan(spec: SystemSpec) -> Any:
 
 
 DEFAULT_MODEL = "litemedsam"
+# The prompt-free default on brightfield (H&E) slides when no SAM-only option is given: it beat
+# SAM's stain-box automatic mode on held-out nuclei (docs/benchmarks.md, CellSAM table).
+DEFAULT_NUCLEI_MODEL = "cellsam"
 SAM_MEAN = (123.675, 116.28, 103.53)
 SAM_STD = (58.395, 57.12, 57.375)

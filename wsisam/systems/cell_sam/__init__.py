@@ -1,8 +1,11 @@
-"""CellSAM (in progress, not registered yet): the torch-free groundwork — annotation readers
-(Aperio XML, QuPath GeoJSON → instance labels), instance metrics (F1, PQ, AJI, Dice), the
-classical hematoxylin watershed baseline, and the seeded watershed that turns predicted maps into
-instances — and the fixed split of the 13 shared MoNuSeg images. The model and its first
-measurements: ``docs/cellsam-rnd.md``.
+"""CellSAM: nucleus instances from a frozen SAM-family encoder fused with a small trained
+encoder and a nucleus-map head, instances by seeded watershed (``docs/design.md``, "CellSAM").
+
+Torch-free: ``spec`` (registration), ``runtime`` (the nuclei job), ``data``/``annotations``
+(annotated images), ``instances`` (targets, watershed), ``segment`` (whole images), ``metrics``,
+``baseline`` (classical watershed). Torch: ``model_torch``, ``train`` (``wsisam-train
+cellsam``), ``export``. The fixed split of the 13 shared MoNuSeg images is below: the shipped
+head is trained on ``TRAIN_IMAGES`` only and every reported figure is on ``EVAL_IMAGES``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,166 @@
+"""CellSAM: export parity, the nuclei job on a real slide, training (resume) and bad input.
+
+Fast paths use ``test-cellsam`` (random seeded weights on the test TinyViT); the shipped model's
+run uses the packaged head with LiteMedSAM's weights (skipped with the reason when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, need, need_litemedsam
+
+MONUSEG = DATA / "monuseg-train"
+TWO = ("TCGA-21-5784-01Z-00-DX1", "TCGA-50-5931-01Z-00-DX1")
+
+
+def need_monuseg() -> Path:
+    if not (MONUSEG / f"{TWO[0]}.xml").is_file():
+        pytest.skip(f"annotated MoNuSeg images absent from {MONUSEG}")
+    return MONUSEG
+
+
+@pytest.fixture(scope="module")
+def test_cellsam_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from wsisam.export.run import run_export
+
+    out = tmp_path_factory.mktemp("cellsam") / "test-cellsam"
+    run_export("test-cellsam", out, parity_tiles=2)
+    return out
+
+
+def test_export_parity_within_tolerance(test_cellsam_dir: Path) -> None:
+    report = json.loads((test_cellsam_dir / "export_report.json").read_text())
+    parity = report["parity"]
+    assert parity["failures"] == []
+    worst = max(v["max_abs"] for case in (parity["random"], parity.get("tiles", {}))
+                for k, v in case.items() if isinstance(v, dict) and "max_abs" in v)
+    assert worst <= 1e-4
+    assert report["system_details"]["watershed"]["fg_thresh"] == 0.5
+
+
+def test_nuclei_job_on_cmu1_writes_every_output(test_cellsam_dir: Path, tmp_path: Path) -> None:
+    from wsisam.runtime.segment import RunConfig, run_slide
+
+    slide = need(DATA / "CMU-1-Small-Region.svs")
+    report = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out",
+                                 model_dir=test_cellsam_dir)).report
+    names = {p.suffix for p in (tmp_path / "out").iterdir()}
+    assert {".geojson", ".tif", ".png", ".json"} <= names
+    assert report["automatic"]["method"] == "cellsam-head-watershed"
+    assert "nuclei" in report["objects"] and report["tiles"]["processed"] > 0
+    assert report["model"]["random_init"] is True
+
+
+def test_shipped_cellsam_finds_nuclei_on_cmu1(tmp_path: Path) -> None:
+    """The packaged head with LiteMedSAM: a real nucleus count on real tissue."""
+    need_litemedsam()
+    pytest.importorskip("torch", reason="export needs the export extra (torch)")
+    from wsisam.export.run import run_export
+    from wsisam.runtime.segment import RunConfig, run_slide
+
+    slide = need(DATA / "CMU-1-Small-Region.svs")
+    model = tmp_path / "cellsam"
+    run_export("cellsam", model, parity_slides=[])
+    report = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out", model_dir=model)).report
+    assert report["objects"]["nuclei"] > 500  # CMU-1's small region holds thousands of nuclei
+    assert report["model"]["random_init"] is False
+
+
+def _train_args(data: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-c", "from wsisam.cli import train_main; train_main()",
+            "cellsam", "--data", str(data), "-o", str(out), "--model", "test-cellsam",
+            "--steps", str(steps), "--batch", "2", "--checkpoint-every", "5", "-q"]
+
+
+def test_training_resumes_after_kill_and_exports(tmp_path: Path) -> None:
+    """A run killed after a checkpoint resumes from it (not from step 0) and exports a model
+    that the runtime opens; the thresholds it chose are in the manifest."""
+    src = need_monuseg()
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in TWO:
+        for suffix in (".tif", ".xml"):
+            shutil.copy(src / f"{stem}{suffix}", data)
+    out = tmp_path / "model"
+    cmd = _train_args(data, out, 400)
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out.with_name("model.train") / "train_state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that looks like a finished model
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["resumed_from_step"] and report["resumed_from_step"] >= 5
+    assert report["images"] == list(TWO)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["system_details"]["watershed"]) == {"fg_thresh", "centre_thresh",
+                                                            "boundary_thresh"}
+    assert not out.with_name("model.train").exists()
+
+
+@pytest.mark.parametrize("case", ["no_annotations", "out_of_bounds", "bad_xml", "wrong_stem"])
+def test_bad_training_data_is_one_line(case: str, tmp_path: Path) -> None:
+    src = need_monuseg()
+    data = tmp_path / "data"
+    data.mkdir()
+    stem = TWO[0]
+    shutil.copy(src / f"{stem}.tif", data)
+    xml = (src / f"{stem}.xml").read_text()
+    if case == "out_of_bounds":
+        (data / f"{stem}.xml").write_text(xml.replace('<Vertex X="', '<Vertex X="5', 1))
+    elif case == "bad_xml":
+        (data / f"{stem}.xml").write_text(xml[: len(xml) // 2])
+    elif case == "wrong_stem":
+        (data / f"{stem}.xml").write_text(xml)
+        (data / "other-stem.xml").write_text(xml)
+    out = tmp_path / "model"
+    cmd = _train_args(data, out, 2)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    expect = {"no_annotations": "has annotations", "out_of_bounds": "outside",
+              "bad_xml": "cannot read", "wrong_stem": "without an image"}[case]
+    assert expect in lines[0]
+    assert not out.exists() and not out.with_name("model.train").exists()
+
+
+def test_fluorescence_slide_is_refused_in_one_line(test_cellsam_dir: Path, tmp_path: Path) -> None:
+    from wsisam.errors import SlideError
+    from wsisam.runtime.segment import RunConfig, run_slide
+
+    slide = need(DATA / "fluorescence-dapi.ndpi")
+    with pytest.raises(SlideError, match="fluorescence.*--model litemedsam"):
+        run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out", model_dir=test_cellsam_dir))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_default_model_is_nuclei_on_he_only() -> None:
+    from wsisam.cli import default_model
+    from wsisam.registry import DEFAULT_MODEL, DEFAULT_NUCLEI_MODEL
+
+    he, fl = need(DATA / "CMU-1-Small-Region.svs"), need(DATA / "fluorescence-dapi.ndpi")
+    assert default_model(he, None, {}, None) == DEFAULT_NUCLEI_MODEL
+    assert default_model(fl, None, {}, None) == DEFAULT_MODEL
+    assert default_model(he, Path("boxes.geojson"), {}, None) == DEFAULT_MODEL
+    assert default_model(he, None, {"scheme": "boxes"}, None) == DEFAULT_MODEL

@@ -1,0 +1,67 @@
+"""CellSAM's export plan (torch side): the SAM-family model (role ``sam``, strict
+segment-anything keys) and the trained head (role ``head``), traced as two graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsisam.artifacts import sha256_file
+from wsisam.export.weights import load_checkpoint, load_weights, resolve_weights
+from wsisam.systems.cell_sam.model_torch import CellHead, build_head
+from wsisam.systems.cell_sam.spec import CellSamSpec
+from wsisam.systems.contract import ExportPlan
+from wsisam.systems.sam.export import EncoderGraph, example_inputs, load_model
+from wsisam.systems.sam.modeling import Sam
+
+
+class CellSam(nn.Module):
+    """The frozen SAM model and the head, for export (inference only)."""
+
+    def __init__(self, sam: Sam, head: CellHead) -> None:
+        super().__init__()
+        self.sam, self.head = sam, head
+
+
+def load_head(spec: CellSamSpec, path: Path | None) -> CellHead:
+    """The head of ``spec`` with the weights of ``path`` loaded strictly (None: seeded random)."""
+    head = build_head(spec.head, spec.embed_dim, spec.embed_stride, spec.seed)
+    if path is not None:
+        load_weights(head, load_checkpoint(path), spec, "head")
+    return head.eval()
+
+
+class CellSamExportPlan(ExportPlan):
+    """Roles ``sam`` (segment-anything layout) and ``head`` (``wsisam-train cellsam``'s file)."""
+
+    spec: CellSamSpec
+
+    def load(self, weights: dict[str, Path], random_init: bool) -> tuple[CellSam, dict[str, Any]]:
+        sam, sam_prov = load_model(self.spec, weights.get("sam"), random_init)
+        path, source = resolve_weights(self.spec, "head", weights.get("head"), random_init)
+        head = load_head(self.spec, path)
+        head_prov = {"source": source, "path": str(path.resolve()) if path else None,
+                     "sha256": sha256_file(path) if path else None}
+        random = sam_prov["source"] == "random-init" or source == "random-init"
+        return CellSam(sam, head), {**sam_prov, "head": head_prov, "random_init": random,
+                                    "watershed": [round(float(v), 4) for v in head.watershed]}
+
+    def graphs(self, model: CellSam) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
+        g = torch.Generator().manual_seed(1)
+        n, (h, w) = self.spec.input_px, self.spec.embed_hw
+        head_inputs = (torch.randn(2, 3, n, n, generator=g),
+                       torch.randn(2, self.spec.embed_dim, h, w, generator=g))
+        return {"encoder": (EncoderGraph(model.sam), example_inputs(self.spec, "encoder")),
+                "head": (model.head, head_inputs)}
+
+    def details(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        fg, centre, boundary = provenance["watershed"]
+        return {"head": provenance["head"], "embed_stride": self.spec.embed_stride,
+                "head_arch": {"widths": list(self.spec.head.widths),
+                              "fuse_dim": self.spec.head.fuse_dim,
+                              "use_embedding": self.spec.head.use_embedding},
+                "watershed": {"fg_thresh": fg, "centre_thresh": centre,
+                              "boundary_thresh": boundary}}

@@ -1,0 +1,187 @@
+"""CellSAM on the numpy side: nucleus instances over a slide with no decoder pass per nucleus.
+
+::
+
+    tile plan ─► read ─► prepare (SAM preprocessing) ─► encode (batched) ─► head (batched)
+              ─► instances (seeded watershed, tile px) ─► collect: seam ownership as in SAM's
+              automatic mode, nuclei out as QuPath detections
+
+The tile plan, seam ownership (object centroid in the tile's core, then a seam de-duplicator)
+and the outputs are SAM automatic mode's (:class:`wsisam.systems.sam.jobs.AutomaticJob`); only
+the stages between reading and collecting differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from wsisam.errors import SlideError
+from wsisam.runtime.compare import Stats, random_images
+from wsisam.runtime.outputs import OutputSink
+from wsisam.runtime.pipeline import PipelineConfig, Stage
+from wsisam.runtime.preprocess import preprocess_image
+from wsisam.runtime.tissue import TissueTile
+from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
+from wsisam.systems.cell_sam.spec import CellSamSpec
+from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
+from wsisam.systems.sam.automatic import AutoConfig, Candidate, owned_detections
+from wsisam.systems.sam.jobs import AutomaticJob, TileWork
+
+METHOD = "cellsam-head-watershed"
+
+
+class CellSamRuntime(SystemRuntime):
+    """``encode`` tiles with the SAM encoder, ``maps`` from the head, instances by watershed."""
+
+    spec: CellSamSpec
+
+    def encode(self, images_nchw: np.ndarray) -> np.ndarray:
+        """(B, 3, n, n) float32 preprocessed → (B, C, h, w) image embeddings."""
+        return self.graphs.run("encoder", {"image": images_nchw})["image_embeddings"]
+
+    def maps(self, images_nchw: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """(B, 3, n, n) preprocessed tiles and their embeddings → (B, 3, n, n) maps in [0, 1]."""
+        return self.graphs.run("head", {"image": images_nchw,
+                                        "image_embeddings": embeddings})["maps"]
+
+    def watershed(self, options: dict[str, Any] | None = None) -> WatershedConfig:
+        """The trained model's thresholds (manifest), overridden by run options given."""
+        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
+        trained = manifest.get("system_details", {}).get("watershed", {})
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        return replace(WatershedConfig(), **{**trained, **given})
+
+    def job(self, mode: str, ctx: SlideContext) -> SlideJob:
+        return NucleiJob(self, ctx)
+
+    # --- comparison cases --------------------------------------------------------------------
+
+    @classmethod
+    def compare_random(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
+                       seed: int) -> dict[str, Any]:
+        """Encoder, and the head on the reference embedding, on seeded random images."""
+        _, image = random_images(seed, spec.input_px)
+        emb = ref.run("encoder", {"image": image})["image_embeddings"]
+        enc, head = Stats(), Stats()
+        enc.add(emb, test.run("encoder", {"image": image})["image_embeddings"])
+        feed = {"image": image, "image_embeddings": emb}
+        head.add(ref.run("head", feed)["maps"], test.run("head", feed)["maps"])
+        return {"encoder": enc.summary(), "head": head.summary()}
+
+    @classmethod
+    def compare_tiles(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
+                      tiles: list[TissueTile], decoder_only: bool = True) -> dict[str, Any]:
+        """Real tissue tiles: encoder, head alone (reference embedding into both) and the chain
+        (``maps``; its mask IoU is the foreground's, maps[0] > 0.5)."""
+        enc, head_only, chain = Stats(), Stats(), Stats()
+        for tile in tiles:
+            image = preprocess_image(tile.rgb, spec.preprocess)[0][None]
+            e_ref = ref.run("encoder", {"image": image})["image_embeddings"]
+            e_got = test.run("encoder", {"image": image})["image_embeddings"]
+            enc.add(e_ref, e_got)
+            m_ref = ref.run("head", {"image": image, "image_embeddings": e_ref})["maps"]
+            if decoder_only:
+                head_only.add(m_ref, test.run("head", {"image": image,
+                                                       "image_embeddings": e_ref})["maps"])
+            m_got = test.run("head", {"image": image, "image_embeddings": e_got})["maps"]
+            chain.add(m_ref, m_got)
+            chain.add_ious([m_ref[0, 0] - 0.5], [m_got[0, 0] - 0.5])
+        out = {"tiles": len(tiles), "encoder": enc.summary(), "head": head_only.summary(),
+               "end_to_end_logits": chain.summary()}
+        if not decoder_only:
+            del out["head"]
+        return out
+
+
+@dataclass
+class NucleusWork(TileWork):
+    maps: np.ndarray | None = None  # (3, n, n) head output
+
+
+def tile_candidates(maps: np.ndarray, work_mpp: float, ws: WatershedConfig) -> list[Candidate]:
+    """(3, n, n) maps of one tile → its nuclei (tile px), scored by mean foreground."""
+    labels = maps_to_instances(maps, work_mpp, ws)
+    cands = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        m = labels[sl] == i
+        s = float(maps[0][sl][m].mean())
+        cands.append(Candidate(m, (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), s, s))
+    return cands
+
+
+class NucleiJob(AutomaticJob):
+    """Nuclei of every tissue tile from the head's maps (frames as in :class:`AutomaticJob`)."""
+
+    def __init__(self, rt: CellSamRuntime, ctx: SlideContext) -> None:
+        # SAM's automatic settings give the tile plan and seams (nuclei ≤ 32 µm); no prompts
+        super().__init__(rt, ctx, AutoConfig(prompt_scheme="points", threshold_tiles=0))
+        if self.fluorescence:
+            raise SlideError(f"{ctx.reader.path} looks like fluorescence; the CellSAM head was "
+                             f"trained on H&E brightfield: use --model litemedsam")
+        self.ws = rt.watershed({k: ctx.options.get(k) for k in
+                                ("fg_thresh", "centre_thresh", "boundary_thresh")})
+
+    def stages(self) -> list[Stage]:
+        pipe: PipelineConfig = self.ctx.pipeline
+        q, b = pipe.queue_size, pipe.encoder_batch
+        return [Stage("read", self._read_tile, workers=pipe.readers, queue_size=q),
+                Stage("prepare", self._prepare, queue_size=q),
+                Stage("encode", self._encode, queue_size=max(q, b), batch_size=b),
+                Stage("head", self._head, queue_size=max(q, b), batch_size=b),
+                Stage("instances", self._instances, queue_size=q)]
+
+    def _read_tile(self, tile: Any) -> NucleusWork:
+        work = self._read(tile)
+        return NucleusWork(**{k: getattr(work, k) for k in ("tile", "rgb", "error")})
+
+    def _prepare(self, work: NucleusWork) -> NucleusWork:  # type: ignore[override]
+        if not work.error:
+            work.image, work.geom = preprocess_image(work.rgb, self.rt.spec.preprocess)
+        work.rgb = None
+        return work
+
+    def _encode(self, batch: list[NucleusWork]) -> list[NucleusWork]:  # type: ignore[override]
+        todo = [w for w in batch if w.image is not None]
+        if todo:
+            for w, e in zip(todo, self.rt.encode(np.stack([w.image for w in todo]))):
+                w.embedding = e
+        return batch
+
+    def _head(self, batch: list[NucleusWork]) -> list[NucleusWork]:
+        todo = [w for w in batch if w.embedding is not None]
+        if todo:
+            maps = self.rt.maps(np.stack([w.image for w in todo]),
+                                np.stack([w.embedding for w in todo]))
+            for w, m in zip(todo, maps):
+                w.maps, w.image, w.embedding = m, None, None
+        return batch
+
+    def _instances(self, work: NucleusWork) -> NucleusWork:
+        if work.maps is not None:
+            cands = tile_candidates(work.maps, self.rt.spec.mpp, self.ws)
+            work.detections = owned_detections(work.tile, cands)
+            work.counts = {"prompts": 1, "passed_filters": len(cands), "after_nms": len(cands),
+                           "owned": len(work.detections)}
+            work.maps = None
+        return work
+
+    def finish(self, sink: OutputSink, seconds: float) -> dict[str, Any]:
+        out = super().finish(sink, seconds)
+        c = self.counts
+        out["automatic"] = {"method": METHOD, "object_class": self.auto.object_class,
+                            "watershed": {k: getattr(self.ws, k) for k in
+                                          ("fg_thresh", "centre_thresh", "boundary_thresh",
+                                           "min_object_um2")},
+                            "work_mpp": self.rt.spec.mpp}
+        out["objects"] = {"class": self.auto.object_class, "count": c["objects"],
+                          "nuclei": c["objects"], "instances_in_tiles": c["passed_filters"],
+                          "owned": c["owned"], "seam_duplicates_removed": c["seam_duplicates"]}
+        out["tiles"].pop("without_prompts", None)
+        out["pipeline"].pop("stain_threshold", None)
+        return out

@@ -1,0 +1,102 @@
+"""CellSAM model specs: a frozen SAM-family encoder, a small trainable full-resolution encoder
+fused with it, and a nucleus-map head; nucleus instances come from a host-side seeded watershed.
+
+Graphs: ``encoder`` (the SAM encoder, unchanged) and ``head`` (``image`` + ``image_embeddings``
+→ ``maps``). Weight roles: ``sam`` (the SAM-family checkpoint) and ``head`` (the trained
+head, shipped in the package for ``cellsam``; ``wsisam-train cellsam`` makes a new one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wsisam.errors import ConfigError
+from wsisam.registry import (GraphSpec, OptionSpec, SystemEntry, TensorSpec, Tolerances,
+                             WeightsSource, get_model, register, register_system)
+from wsisam.systems.sam.spec import SamSpec
+
+SYSTEM = register_system(SystemEntry(
+    "cell_sam", runtime="wsisam.systems.cell_sam.runtime:CellSamRuntime",
+    export="wsisam.systems.cell_sam.export:CellSamExportPlan",
+    train="wsisam.systems.cell_sam.train:train_command"))
+
+HEAD_FILE = "cellsam_head.pt"
+
+
+@dataclass(frozen=True)
+class HeadArch:
+    """The trainable part: small-encoder widths per stride (1, 2, 4, …), the channels the large
+    embedding is reduced to before fusion, and whether it is fused at all (the ablation)."""
+
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    fuse_dim: int = 32
+    use_embedding: bool = True
+
+
+@dataclass(frozen=True)
+class CellSamSpec(SamSpec):
+    """``mpp``/``preprocess``/``encoder`` are the SAM model's; ``head`` the trainable part."""
+
+    head: HeadArch = HeadArch()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.input_px % self.embed_stride:
+            raise ConfigError(f"{self.name}: input {self.input_px} px is not a multiple of the "
+                              f"embedding stride {self.embed_stride}")
+
+    @property
+    def embed_stride(self) -> int:
+        """Model-input px per embedding cell."""
+        return self.input_px // self.embed_hw[0]
+
+    def head_graph(self) -> GraphSpec:
+        n, (h, w) = self.input_px, self.embed_hw
+        return GraphSpec(
+            name="head",
+            inputs=(TensorSpec("image", "float32", ("batch", 3, n, n)),
+                    TensorSpec("image_embeddings", "float32", ("batch", self.embed_dim, h, w))),
+            outputs=(TensorSpec("maps", "float32", ("batch", 3, n, n)),),
+            profile={"batch": (1, 4, 16)},
+        )
+
+    def graphs(self) -> dict[str, GraphSpec]:
+        return {"encoder": self.encoder_graph(), "head": self.head_graph()}
+
+
+CELLSAM_OPTIONS = (
+    OptionSpec("fg_thresh", None, "foreground threshold (default: the trained model's)", "float"),
+    OptionSpec("centre_thresh", None, "seed threshold on the centre-distance map", "float"),
+    OptionSpec("boundary_thresh", None, "seed threshold on the boundary-distance map", "float"),
+)
+CELLSAM_TOLERANCES = Tolerances(max_abs={"encoder": 1e-4, "head": 1e-4, "maps": 1e-4},
+                                mask_iou_min=0.99)
+
+
+def cellsam_spec(sam: SamSpec, **kw: object) -> CellSamSpec:
+    """A CellSAM spec on ``sam``'s encoder, preprocessing and µm/px."""
+    base = dict(system="cell_sam", encoder=sam.encoder, decoder=sam.decoder,
+                preprocess=sam.preprocess, mpp=sam.mpp, multimask=sam.multimask,
+                tolerances=CELLSAM_TOLERANCES, options=CELLSAM_OPTIONS, modes=("automatic",))
+    return CellSamSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+HEAD_RESOURCE = f"systems/cell_sam/weights/{HEAD_FILE}"
+_LITE, _TINY = get_model("litemedsam"), get_model("test-tinyvit")
+
+register(cellsam_spec(
+    _LITE, name="cellsam",
+    description="CellSAM nuclei: LiteMedSAM encoder + a small fused encoder/head trained on "
+                "MoNuSeg (non-commercial, CC BY-NC-SA 4.0 derived weights)",
+    weights={"sam": _LITE.weights["sam"],
+             "head": WeightsSource(kind="wheel", package="wsisam", resource=HEAD_RESOURCE,
+                                   install_hint="pip install wsisam (the head ships inside it)",
+                                   filename=HEAD_FILE)},
+))
+register(cellsam_spec(
+    _TINY, name="test-cellsam",
+    description="test config: CellSAM head on the test TinyViT, random seeded weights",
+    head=HeadArch(widths=(8, 12, 16), fuse_dim=8),
+    weights={"sam": WeightsSource(kind="random"), "head": WeightsSource(kind="random")},
+    seed=2468,
+))
