@@ -264,7 +264,7 @@ def members(group: Group, coords_l0: np.ndarray, patch_px_l0: int, membership: s
     if membership == "released":
         bx, by, bw, bh = group.bbox
         in_box = (bx <= px) & (px < bx + bw) & (by <= py) & (py < by + bh)
-        # numpy slicing: negative starts count from the end; kept as the released code has it
+        # the bbox test keeps px, py ≥ 0, so the released slice never wraps around
         hit = np.array([bool(np.any(group.cells[y:y + aps, x:x + aps])) if ok else False
                         for x, y, ok in zip(px, py, in_box)], bool)
         return hit

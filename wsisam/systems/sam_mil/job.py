@@ -32,7 +32,7 @@ from wsisam.runtime.writers.geojson import FeatureStream, feature
 from wsisam.systems.contract import SlideContext, SlideJob
 from wsisam.systems.sam_mil.groups import (Contour, Group, automatic_masks, contour_patches,
                                            group_features, tissue_contours, to_groups)
-from wsisam.systems.sam_mil.runtime import SamMilRuntime, feature_input
+from wsisam.systems.sam_mil.patches import feature_input
 
 log = logging.getLogger(__name__)
 PATCH_BATCH = 8  # patches per feature-graph call
@@ -63,11 +63,12 @@ def random_weights(graphs: Any) -> bool:
 
 
 class SamMilJob(SlideJob):
-    """Slide classification with an attention heatmap (frames: patches and groups level-0)."""
+    """Slide classification with an attention heatmap (frames: patches and groups level-0);
+    ``rt``: the :class:`~wsisam.systems.sam_mil.runtime.SamMilRuntime` of the model."""
 
     progress_unit = "unit"
 
-    def __init__(self, rt: SamMilRuntime, ctx: SlideContext) -> None:
+    def __init__(self, rt: Any, ctx: SlideContext) -> None:
         self.rt, self.ctx, spec = rt, ctx, rt.spec
         self.membership = ctx.options.get("membership", "corrected")
         self.contours = tissue_contours(ctx.tissue, ctx.level0_wh, spec.patch_px_l0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from wsisam.errors import ConfigError
@@ -14,22 +13,12 @@ from wsisam.runtime.compare import Stats
 from wsisam.runtime.tissue import TissueTile
 from wsisam.systems.contract import GraphSet, SlideContext, SlideJob
 from wsisam.systems.sam.runtime import SamRuntime
+from wsisam.systems.sam_mil.job import SamMilJob
+from wsisam.systems.sam_mil.patches import feature_input
 from wsisam.systems.sam_mil.spec import SamMilSpec
 
 #: bag sizes the random comparison runs the MIL head on (a small and a whole-slide-sized bag)
 PARITY_BAGS = (10, 20_000)
-
-
-def feature_input(rgb: np.ndarray, spec: SamMilSpec) -> np.ndarray:
-    """A patch (H, W, 3) uint8 → (3, n, n) float32: resized to ``feature_px`` (bicubic, as the
-    released PIL resize; OpenCV's bicubic does not antialias, PIL's does: a known difference
-    of the host step, not of the graph), ImageNet mean/std on the 0-255 scale."""
-    n, pre = spec.feature_px, spec.feature_preprocess
-    if rgb.shape[:2] != (n, n):
-        rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_CUBIC)
-    x = (rgb.astype(np.float32) - np.asarray(pre.pixel_mean, np.float32)) / np.asarray(
-        pre.pixel_std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 class SamMilRuntime(SamRuntime):
@@ -48,8 +37,6 @@ class SamMilRuntime(SamRuntime):
         return out["slide_logits"][0], out["attention"]
 
     def job(self, mode: str, ctx: SlideContext) -> SlideJob:
-        from wsisam.systems.sam_mil.job import SamMilJob
-
         if ctx.options.get("baseline", "attn") != "attn":
             raise ConfigError("baseline=selfattn (TransMIL-like) is not available: its PPEG "
                               "reshapes the bag to a square grid whose size depends on the "
