@@ -160,55 +160,70 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
 
 @dataclass
 class RawMask:
-    mask: np.ndarray  # (H, W) bool, render px
-    box: np.ndarray  # (4,) x0 y0 x1 y1 render px, exclusive
+    """A kept SAM mask: ``mask`` (h, w) bool cropped to ``box`` (x0, y0, x1, y1 render px,
+    exclusive), predicted IoU, stability, and the area of the crop it came from."""
+
+    mask: np.ndarray
+    box: np.ndarray
     score: float
     stability: float
     crop_area: int
+
+
+def _filter_batch(logits: np.ndarray, scores: np.ndarray, geom: Any, input_px: int,
+                  crop: tuple[int, int, int, int], wh: tuple[int, int], cfg: AmgConfig
+                  ) -> list[RawMask]:
+    """The masks of one decoder batch that pass the IoU and stability thresholds and do not
+    touch an inner crop edge, cropped to their boxes (render px)."""
+    x0, y0, x1, y1 = crop
+    w, h = wh
+    out = []
+    for lg, s in zip(logits, scores):
+        if s < cfg.pred_iou_thresh:
+            continue
+        crop_logits = logits_to_crop(lg, geom, input_px)
+        stab = stability_score(crop_logits, cfg.stability_offset)
+        if stab < cfg.stability_thresh:
+            continue
+        m = crop_logits > 0
+        ys, xs = np.nonzero(m)
+        if not len(xs):
+            continue
+        bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        if ((bx0 == 0 and x0 > 0) or (by0 == 0 and y0 > 0) or (bx1 == x1 - x0 and x1 < w)
+                or (by1 == y1 - y0 and y1 < h)):
+            continue
+        out.append(RawMask(m[by0:by1, bx0:bx1].copy(),
+                           np.array([bx0 + x0, by0 + y0, bx1 + x0, by1 + y0]), float(s), stab,
+                           (x1 - x0) * (y1 - y0)))
+    return out
 
 
 def automatic_masks(rgb: np.ndarray, encode: Callable[[np.ndarray], np.ndarray],
                     decode: Any, pre: Preprocess, multimask: bool, cfg: AmgConfig
                     ) -> list[RawMask]:
     """SAM's automatic mask generator on one rendered contour ``rgb`` (H, W, 3): per crop,
-    the crop encoded once and its grid points decoded in batches; masks kept with predicted IoU
-    ≥ ``pred_iou_thresh`` and stability ≥ ``stability_thresh``, box NMS within the crop, masks
-    touching an inner crop edge dropped, then NMS across crops preferring smaller crops.
-    ``encode`` (1, 3, n, n) → embedding; ``decode`` as :func:`decode_prompts` takes it."""
+    the crop encoded once and its grid points decoded ``prompt_batch`` at a time (each batch
+    filtered at once, so only kept masks, cropped to their boxes, are held); masks kept with
+    predicted IoU ≥ ``pred_iou_thresh`` and stability ≥ ``stability_thresh``, box NMS within
+    the crop, masks touching an inner crop edge dropped, then NMS across crops preferring
+    smaller crops. ``encode`` (1, 3, n, n) → embedding; ``decode`` as :func:`decode_prompts`."""
     h, w = rgb.shape[:2]
     found: list[RawMask] = []
-    for layer, (x0, y0, x1, y1) in crop_boxes((w, h), cfg.crop_n_layers,
-                                               cfg.crop_overlap_ratio):
-        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        image, geom = preprocess_image(crop, pre)
+    for layer, crop in crop_boxes((w, h), cfg.crop_n_layers, cfg.crop_overlap_ratio):
+        x0, y0, x1, y1 = crop
+        image, geom = preprocess_image(np.ascontiguousarray(rgb[y0:y1, x0:x1]), pre)
         emb = encode(image[None])
         n_side = max(1, cfg.points_per_side // cfg.crop_points_downscale ** layer)
         pts = point_grid(n_side) * np.array([x1 - x0, y1 - y0])
         coords = (pts * geom.scale).astype(np.float32)[:, None, :]
         labels = np.ones((len(coords), 1), np.float32)
-        logits, scores = decode_prompts(decode, emb, coords, labels, multimask,
-                                        cfg.prompt_batch)
         cands: list[RawMask] = []
-        for lg, s in zip(logits, scores):
-            if s < cfg.pred_iou_thresh:
-                continue
-            crop_logits = logits_to_crop(lg, geom, pre.input_px)
-            stab = stability_score(crop_logits, cfg.stability_offset)
-            if stab < cfg.stability_thresh:
-                continue
-            m = crop_logits > 0
-            ys, xs = np.nonzero(m)
-            if not len(xs):
-                continue
-            bx = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            inner = ((bx[0] == 0 and x0 > 0) or (bx[1] == 0 and y0 > 0)
-                     or (bx[2] == x1 - x0 and x1 < w) or (bx[3] == y1 - y0 and y1 < h))
-            if inner:
-                continue
-            full = np.zeros((h, w), bool)
-            full[y0:y1, x0:x1] = m
-            cands.append(RawMask(full, bx + [x0, y0, x0, y0], float(s), stab,
-                                 (x1 - x0) * (y1 - y0)))
+        for start in range(0, len(coords), cfg.prompt_batch):
+            sl = slice(start, start + cfg.prompt_batch)
+            logits, scores = decode_prompts(decode, emb, coords[sl], labels[sl], multimask,
+                                            cfg.prompt_batch)
+            cands.extend(_filter_batch(logits, scores, geom, pre.input_px, crop, (w, h), cfg))
         if cands:
             keep = box_nms(np.stack([c.box for c in cands]).astype(float),
                            np.array([c.score for c in cands]), cfg.box_nms_thresh)
@@ -224,11 +239,15 @@ def automatic_masks(rgb: np.ndarray, encode: Callable[[np.ndarray], np.ndarray],
 def to_groups(contour: Contour, masks: list[RawMask]) -> list[Group]:
     """Raw render-frame masks → compressed :class:`Group` s with level-0 polygons."""
     ds = contour.downsample
+    w, h = contour.render_wh
     out = []
     for m in masks:
         x0, y0, x1, y1 = (int(v) for v in m.box)
-        geom = mask_to_polygons(m.mask, (ds, ds, contour.box_l0[0], contour.box_l0[1]))
-        out.append(Group(contour, compress(m.mask, contour.scale), (x0, y0, x1 - x0, y1 - y0),
+        full = np.zeros((h, w), bool)  # one at a time: the cells align with the render frame
+        full[y0:y1, x0:x1] = m.mask
+        geom = mask_to_polygons(m.mask, (ds, ds, contour.box_l0[0] + x0 * ds,
+                                         contour.box_l0[1] + y0 * ds))
+        out.append(Group(contour, compress(full, contour.scale), (x0, y0, x1 - x0, y1 - y0),
                          m.score, m.stability, int(m.mask.sum()), geom))
     return out
 

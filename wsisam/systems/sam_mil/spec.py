@@ -70,7 +70,7 @@ class AmgConfig:
     crop_points_downscale: int = 2
     crop_nms_thresh: float = 0.7
     render_px: int = 1024
-    prompt_batch: int = 64
+    prompt_batch: int = 16  # decoder prompts per call (its activations grow with it)
 
 
 @dataclass(frozen=True)
