@@ -77,3 +77,29 @@ def test_selfattn_baseline_is_refused_in_one_line(sammil_export, tmp_path):
         run_slide(RunConfig(slide=need(TCGA), out_dir=tmp_path, model_dir=model_dir,
                             backend="ort-cpu", mpp=0.5, options={"baseline": "selfattn"}))
     assert not list(tmp_path.glob("*.report.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("WSISAM_SLOW"),
+                    reason="real-size SAM-MIL export + whole-slide run (~5 min on 2 cores): set "
+                           "WSISAM_SLOW=1")
+def test_real_size_whole_slide_random_weights(tmp_path):
+    """``sam-mil`` at its real sizes (ResNet-50 to layer3, 1024-d ABMIL, LiteMedSAM with the
+    released AMG settings), random MIL/feature weights, on the TCGA slide at 0.5 µm/px."""
+    pytest.importorskip("torch", reason="export needs the export extra (torch)")
+    from wsisam.export.run import run_export
+    from wsisam.runtime import RunConfig, run_slide
+
+    report = run_export("sam-mil", tmp_path / "m", random_init=True,
+                        parity_slides=[need(TCGA)], parity_tiles=2)
+    rnd = report["parity"]["random"]
+    assert report["parity"]["failures"] == [] and rnd["mil_bags"] == [10, 20_000]
+    assert rnd["features"]["max_abs"] <= 1e-4 and rnd["mil_logits"]["max_abs"] <= 1e-5
+    res = run_slide(RunConfig(slide=need(TCGA), out_dir=tmp_path / "out",
+                              model_dir=tmp_path / "m", backend="ort-cpu", mpp=0.5))
+    rep = res.report
+    assert set(res.outputs) == {"geojson", "mask", "overlay", "report", "tiles", "heatmap"}
+    assert all(p.is_file() for p in res.outputs.values())
+    assert rep["random_weights"] is True and rep["instances"]["patches"] > 0
+    assert rep["groups"]["amg"]["points_per_side"] == 32
+    print("peak_rss_mb", rep["peak_rss_mb"], "patches_per_s", rep["throughput"]["patches_per_s"])

@@ -93,18 +93,22 @@ def test_selfattn_head_is_refused_in_one_line(spec, tmp_path):
 
 
 def test_feature_checkpoint_of_another_architecture_is_refused(spec, tmp_path):
-    """A ResNet-18-layout checkpoint (basic blocks: no conv3, 64-wide layer1) as features."""
-    from wsisam.export.run import run_export
+    """A ResNet-18-layout checkpoint (basic blocks: no conv3, 64-wide layer1) as features:
+    ``wsisam-export`` prints one ``Error:`` line naming the key differences, writes nothing."""
+    from click.testing import CliRunner
+
+    from wsisam.cli import export_main
 
     sd = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.zeros(64),
           "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3),
           "layer1.0.conv2.weight": torch.zeros(64, 64, 3, 3), "fc.weight": torch.zeros(1000, 512)}
     path = tmp_path / "resnet18.pth"
     torch.save(sd, path)
-    with pytest.raises(WeightsError) as err:
-        run_export("sam-mil", tmp_path / "out", weights={"features": path}, random_init=True,
-                   check=False)
-    msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("features weights resnet18.pth")
+    res = CliRunner().invoke(export_main, ["--model", "sam-mil", "--weights", f"features={path}",
+                                           "--random-init", "-o", str(tmp_path / "out")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    msg = lines[0]
+    assert msg.startswith("Error: features weights resnet18.pth")
     assert "shape mismatches" in msg and "layer1.0.conv1.weight" in msg
     assert not (tmp_path / "out").exists()

@@ -284,8 +284,9 @@ def members(group: Group, coords_l0: np.ndarray, patch_px_l0: int, membership: s
         bx, by, bw, bh = group.bbox
         in_box = (bx <= px) & (px < bx + bw) & (by <= py) & (py < by + bh)
         # the bbox test keeps px, py ≥ 0, so the released slice never wraps around
-        hit = np.array([bool(np.any(group.cells[y:y + aps, x:x + aps])) if ok else False
-                        for x, y, ok in zip(px, py, in_box)], bool)
+        hit = np.zeros(len(adj), bool)
+        for i in np.nonzero(in_box)[0]:  # few patches pass the bbox test: a plain loop
+            hit[i] = bool(np.any(group.cells[py[i]:py[i] + aps, px[i]:px[i] + aps]))
         return hit
     return any_in(py // s, -(-(py + aps) // s), px // s, -(-(px + aps) // s)) & (
         px + aps > 0) & (py + aps > 0)
