@@ -262,6 +262,13 @@ def default_model(slide: Path, prompts: Path | None, opts: dict[str, Any],
 
 
 def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
+    if "slide_result" in r:  # a slide-level result (class, probability, instances)
+        s = r["slide_result"]
+        return (f"slide class {s.get('class', s.get('label'))} (probability "
+                f"{s['probability']}) from {s.get('instances', r.get('instances'))} instances "
+                f"with {r['model']['name']} on {r['backend']['backend']} in "
+                f"{r['timings_s']['segment']} s"
+                f"{' (random weights)' if r['model'].get('random_init') else ''} → {out_dir}")
     if "objects" in r:
         t = r["tiles"]
         return (f"{r['objects']['count']} objects on {t['processed']} tissue tiles "
