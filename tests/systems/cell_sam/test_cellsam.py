@@ -62,19 +62,48 @@ def test_nuclei_job_on_cmu1_writes_every_output(test_cellsam_dir: Path, tmp_path
     assert report["model"]["random_init"] is True
 
 
-def test_shipped_cellsam_finds_nuclei_on_cmu1(tmp_path: Path) -> None:
-    """The packaged head with LiteMedSAM: a real nucleus count on real tissue."""
+@pytest.fixture(scope="module")
+def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged head with LiteMedSAM, exported (random-input parity only: fast)."""
     need_litemedsam()
     pytest.importorskip("torch", reason="export needs the export extra (torch)")
     from wsisam.export.run import run_export
+
+    out = tmp_path_factory.mktemp("shipped") / "cellsam"
+    run_export("cellsam", out, parity_slides=[])
+    return out
+
+
+def test_shipped_head_beats_classical_on_a_held_out_image(shipped_dir: Path) -> None:
+    """On a held-out MoNuSeg image (never trained on), through the runtime's own tile path, the
+    shipped model scores higher PQ and AJI than the classical watershed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    from cellsam_eval import runtime_labels
+
+    from wsisam.systems.cell_sam import EVAL_IMAGES
+    from wsisam.systems.cell_sam.baseline import classical_nuclei
+    from wsisam.systems.cell_sam.data import annotation_for, load_image
+    from wsisam.systems.cell_sam.metrics import score
+
+    tif = need_monuseg() / f"{EVAL_IMAGES[0]}.tif"
+    img = load_image(tif, annotation_for(tif))
+    got = score(img.labels, runtime_labels(shipped_dir, img)[0])
+    base = score(img.labels, classical_nuclei(img.rgb, img.mpp))
+    assert got["pq"] > base["pq"] and got["aji"] > base["aji"], (got, base)
+    manifest = json.loads((shipped_dir / "manifest.json").read_text())
+    assert manifest["random_init"] is False
+    assert manifest["system_details"]["watershed"]["fg_thresh"] == pytest.approx(0.4)
+
+
+@pytest.mark.skipif(not os.environ.get("WSISAM_SLOW"),
+                    reason="whole CMU-1 region with the shipped model (minutes): set WSISAM_SLOW=1")
+def test_shipped_cellsam_finds_nuclei_on_cmu1(shipped_dir: Path, tmp_path: Path) -> None:
     from wsisam.runtime.segment import RunConfig, run_slide
 
     slide = need(DATA / "CMU-1-Small-Region.svs")
-    model = tmp_path / "cellsam"
-    run_export("cellsam", model, parity_slides=[])
-    report = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out", model_dir=model)).report
+    report = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out",
+                                 model_dir=shipped_dir)).report
     assert report["objects"]["nuclei"] > 500  # CMU-1's small region holds thousands of nuclei
-    assert report["model"]["random_init"] is False
 
 
 def _train_args(data: Path, out: Path, steps: int) -> list[str]:

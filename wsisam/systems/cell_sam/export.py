@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsisam.artifacts import sha256_file
-from wsisam.export.weights import load_checkpoint, load_weights, resolve_weights
+from wsisam.export.weights import load_weights, read_pinned, resolve_weights
 from wsisam.systems.cell_sam.model_torch import CellHead, build_head
 from wsisam.systems.cell_sam.spec import CellSamSpec
 from wsisam.systems.contract import ExportPlan
@@ -26,12 +25,15 @@ class CellSam(nn.Module):
         self.sam, self.head = sam, head
 
 
-def load_head(spec: CellSamSpec, path: Path | None) -> CellHead:
-    """The head of ``spec`` with the weights of ``path`` loaded strictly (None: seeded random)."""
+def load_head(spec: CellSamSpec, path: Path | None, source: str) -> tuple[CellHead, str | None]:
+    """The head of ``spec`` with the weights of ``path`` loaded strictly (the shipped file's
+    hash checked) and their sha256; None: seeded random."""
     head = build_head(spec.head, spec.embed_dim, spec.embed_stride, spec.seed)
+    sha = None
     if path is not None:
-        load_weights(head, load_checkpoint(path), spec, "head")
-    return head.eval()
+        state, sha = read_pinned(spec, "head", path, source)
+        load_weights(head, state, spec, "head")
+    return head.eval(), sha
 
 
 class CellSamExportPlan(ExportPlan):
@@ -42,9 +44,9 @@ class CellSamExportPlan(ExportPlan):
     def load(self, weights: dict[str, Path], random_init: bool) -> tuple[CellSam, dict[str, Any]]:
         sam, sam_prov = load_model(self.spec, weights.get("sam"), random_init)
         path, source = resolve_weights(self.spec, "head", weights.get("head"), random_init)
-        head = load_head(self.spec, path)
+        head, sha = load_head(self.spec, path, source)
         head_prov = {"source": source, "path": str(path.resolve()) if path else None,
-                     "sha256": sha256_file(path) if path else None}
+                     "sha256": sha}
         random = sam_prov["source"] == "random-init" or source == "random-init"
         return CellSam(sam, head), {**sam_prov, "head": head_prov, "random_init": random,
                                     "watershed": [round(float(v), 4) for v in head.watershed]}
