@@ -170,7 +170,17 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Batch: redo slides whose output set is already complete.")
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
+              help="Batch on Ray actors (pip install 'wsisam[ray]'): 'local' starts a cluster "
+                   "here, 'auto' joins the running one, or a cluster address.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Ray: actors (default: one per GPU, else one per --cpus-per-worker cores).")
+@click.option("--cpus-per-worker", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--batch", "as_batch", is_flag=True,
+              help="Use the batch layout OUT/<stem>/ (with skip/resume) for one slide too.")
 @click.option("--prompts", type=click.Path(path_type=Path),
               help="GeoJSON of box (Polygon) / point (Point) prompts in level-0 pixels.")
 @click.option("--model", "model", type=click.Choice(list_models()), default=None,
@@ -208,15 +218,24 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
+def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
+             workers: int | None, cpus_per_worker: int, as_batch: bool, prompts: Path | None, model: str | None, model_dir: Path | None,
              backend: str, mpp: float | None, options: tuple[str, ...], context: float | None,
              scheme: str | None, min_score: float | None, prompt_batch: int | None,
              lr_layout: str | None, pipeline_mode: str, readers: int, encoder_batch: int,
              out_dir: Path, quiet: bool, as_json: bool) -> None:
-    """Run SLIDE through a model's system; write GeoJSON, label TIFF, overlay and report.
+    """Run slides through a model's system; write GeoJSON, label TIFF, overlay and report.
 
-    Without --prompts the model's prompt-free mode runs (SAM: every object on the tissue)."""
+    Without --prompts the model's prompt-free mode runs (SAM: every object on the tissue).
+    One slide file: its outputs go straight into OUT (OUT/<stem>.geojson, ...). Several
+    inputs, a folder, a .txt/.csv list, --batch or --ray: a batch, each slide into OUT/<stem>/,
+    complete ones skipped (--force redoes), summary in OUT/batch.json, exit 1 if any failed."""
     _setup_logging(quiet)
+    from wsisam.batch.inputs import LIST_SUFFIXES
+
+    single = (len(inputs) == 1 and not inputs[0].is_dir() and not as_batch and ray_address is None
+              and inputs[0].suffix.lower() not in LIST_SUFFIXES)
+    slide = inputs[0]
 
     def go() -> None:
         from wsisam.runtime.segment import RunConfig, run_slide
@@ -231,6 +250,10 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
                             readers=readers, encoder_batch=encoder_batch,
                             concurrent={"auto": None, "on": True, "off": False}[pipeline_mode]))
         unit = "crop" if prompts is not None else "tile"
+        if not single:
+            _run_batch_cli(inputs, out_dir, cfg, force, ray_address, workers, cpus_per_worker,
+                           quiet, as_json, unit)
+            return
         result = run_slide(cfg, on_progress=None if quiet else _progress(unit))
         if as_json:
             click.echo(json.dumps(result.report, indent=2, default=str))
@@ -238,6 +261,54 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
             click.echo(_run_summary(result.report, out_dir))
 
     _guard(go)
+
+
+def _run_batch_cli(inputs: tuple[Path, ...], out_dir: Path, cfg: Any, force: bool,
+                   ray_address: str | None, workers: int | None, cpus_per_worker: int,
+                   quiet: bool, as_json: bool, unit: str) -> None:
+    """The batch path of wsisam-run: bars over slides and the current slide's units, the
+    summary printed (and in OUT/batch.json), exit status 1 if a slide failed."""
+    from wsisam.batch.inputs import expand_inputs
+    from wsisam.batch.run import run_batch
+
+    total = len(expand_inputs(inputs))
+    bars: dict[str, Any] = {}
+    tty = sys.stderr.isatty() and not quiet
+
+    def on_event(kind: str, value: Any) -> None:
+        if not tty:
+            return
+        from tqdm import tqdm
+
+        if "slides" not in bars:
+            bars["slides"] = tqdm(total=total, unit="slide", file=sys.stderr, position=0)
+        if kind == "slide":
+            bars["slides"].update(1)
+            bars["slides"].set_postfix_str(f"{value.status} {Path(value.slide).name}")
+            if "units" in bars:
+                bars.pop("units").close()
+        else:
+            done, n = value
+            if "units" not in bars:
+                bars["units"] = tqdm(total=n, unit=unit, file=sys.stderr, position=1,
+                                     leave=False)
+            bars["units"].update(done - bars["units"].n)
+
+    try:
+        result = run_batch(inputs, out_dir, cfg, force=force, ray=ray_address, workers=workers,
+                           cpus_per_worker=cpus_per_worker, on_event=on_event)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2, default=str))
+    elif not quiet:
+        click.echo("\n".join(result.lines()))
+    if not result.ok:
+        n = len(result.by_status("failed"))
+        click.echo(f"Error: {n} of {len(result.outcomes)} slides failed (listed in "
+                   f"{out_dir / 'batch.json'})", err=True)
+        sys.exit(1)
 
 
 def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
