@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from wsisam.batch.slides import Outcome, new_token, process_slide, stage_path
+from wsisam.batch.slides import (Outcome, done_digest, new_token, process_slide, slide_dir,
+                                 stage_path)
 from wsisam.errors import require
 from wsisam.runtime.segment import RunConfig
 
@@ -49,16 +50,24 @@ def run_on_ray(slides: Sequence[Path], out_dir: Path, template: RunConfig, diges
                max_attempts: int, on_event: Callable[[str, Any], None] | None
                ) -> tuple[list[Outcome], str]:
     """Every slide on the actor pool; outcomes in input order and the pool's description."""
+    # slides already done are skipped here: a rerun of a finished batch starts no actor
+    outcomes: list[Outcome | None] = [
+        None if force or done_digest(out_dir, s) != digest
+        else Outcome(str(s), "skipped", str(slide_dir(out_dir, s))) for s in slides]
+    todo = [i for i, o in enumerate(outcomes) if o is None]
+    for o in outcomes:
+        if o is not None and on_event:
+            on_event("slide", o)
+    if not todo:
+        return [o for o in outcomes if o is not None], f"ray {address}: nothing to run"
     ray = connect(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus_per_worker}
-    n = max(1, min(workers or (gpus or cpus // cpus_per_worker), len(slides) or 1))
+    n = max(1, min(workers or (gpus or cpus // cpus_per_worker), len(todo)))
     actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(SlideWorker).options(**per)
     actors = [actor_cls.remote(template) for _ in range(n)]
-    todo = list(range(len(slides)))
     attempts = [0] * len(slides)
-    outcomes: list[Outcome | None] = [None] * len(slides)
     running: dict[Any, tuple[int, Any, str]] = {}
     idle = list(actors)
 
