@@ -442,3 +442,49 @@ def train_main(ctx: click.Context, system: str) -> None:
     Trainable systems are those whose registry entry names a trainer."""
     command = _guard(lambda: trainer(system))
     command.main(args=ctx.args, prog_name=f"wsisam-train {system}", standalone_mode=True)
+
+
+# --- wsisam-watch: a scanner's output folder (issue: many slides) -------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("in_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model", type=click.Choice(list_models()), default=None)
+@click.option("--model-dir", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--option", "-O", "options", multiple=True, metavar="NAME=VALUE")
+@click.option("--stable-s", type=float, default=10.0, show_default=True,
+              help="A slide is complete once its size and mtime are unchanged this long.")
+@click.option("--marker", "marker_suffix", default=None, metavar="SUFFIX",
+              help="Or once the scanner's completion marker SLIDE+SUFFIX (e.g. .done) exists.")
+@click.option("--poll-s", type=float, default=1.0, show_default=True)
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS")
+@click.option("--max-slides", type=int, default=None, help="Stop after this many slides.")
+@click.option("-q", "--quiet", is_flag=True)
+def watch_main(in_dir: Path, out_dir: Path, model: str | None, model_dir: Path | None,
+               backend: str, options: tuple[str, ...], stable_s: float,
+               marker_suffix: str | None, poll_s: float, ray_address: str | None,
+               max_slides: int | None, quiet: bool) -> None:
+    """Watch IN_DIR; run every slide once it is completely written, into OUT/<stem>/.
+
+    Restart-safe (state in OUT); SIGTERM finishes the current slide and stops, Ctrl-C abandons
+    it. One log line per slide."""
+    _setup_logging(quiet)
+
+    def go() -> None:
+        from wsisam.batch.watch import Watcher, install_signals
+        from wsisam.runtime.segment import RunConfig
+
+        mdir = model_dir or _default_model_dir(model or DEFAULT_MODEL, quiet)
+        cfg = RunConfig(slide=Path("-"), out_dir=out_dir, model_dir=mdir, model=model,
+                        backend=backend, options=_key_values(options))
+        w = Watcher(in_dir, out_dir, cfg, stable_s=stable_s, poll_s=poll_s,
+                    marker_suffix=marker_suffix, ray=ray_address,
+                    log=lambda line: click.echo(line))
+        install_signals(w)
+        w.run(max_slides=max_slides)
+        if not quiet:
+            click.echo("watch: stopped", err=True)
+
+    _guard(go)
