@@ -103,6 +103,6 @@ def run_on_ray(slides: Sequence[Path], out_dir: Path, template: RunConfig, diges
     finally:
         for a in actors + idle:
             ray.kill(a)
-    desc = f"ray {address}: {n} actor(s), " + (f"1 GPU each" if gpus else
+    desc = f"ray {address}: {n} actor(s), " + ("1 GPU each" if gpus else
                                                 f"{cpus_per_worker} CPU each")
     return [o for o in outcomes if o is not None], desc

@@ -41,6 +41,7 @@ class Watcher:
     log: Callable[[str], None] = print
     seen: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     stopping: bool = False
+    digest: str = ""
 
     def stop(self, *_: Any) -> None:
         """First call: finish the current slide, then stop. Second: abandon it (Ctrl-C)."""
