@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "wsisam"
-LAYERS = {"base": 0, "runtime": 1, "calib": 2, "engines": 3, "export": 4, "cli": 5}
+LAYERS = {"base": 0, "runtime": 1, "calib": 2, "engines": 3, "batch": 4, "export": 5, "cli": 6}
 
 
 def sources() -> dict[str, str]:

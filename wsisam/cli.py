@@ -170,7 +170,17 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Batch: redo slides whose output set is already complete.")
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
+              help="Batch on Ray actors (pip install 'wsisam[ray]'): 'local' starts a cluster "
+                   "here, 'auto' joins the running one, or a cluster address.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Ray: actors (default: one per GPU, else one per --cpus-per-worker cores).")
+@click.option("--cpus-per-worker", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--batch", "as_batch", is_flag=True,
+              help="Use the batch layout OUT/<stem>/ (with skip/resume) for one slide too.")
 @click.option("--prompts", type=click.Path(path_type=Path),
               help="GeoJSON of box (Polygon) / point (Point) prompts in level-0 pixels.")
 @click.option("--model", "model", type=click.Choice(list_models()), default=None,
@@ -209,16 +219,25 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Path | None,
+def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
+             workers: int | None, cpus_per_worker: int, as_batch: bool, prompts: Path | None, model: str | None, model_dir: Path | None,
              backend: str, mpp: float | None, options: tuple[str, ...], context: float | None,
              scheme: str | None, min_score: float | None, prompt_batch: int | None,
              lr_layout: str | None, pipeline_mode: str, readers: int, encoder_batch: int,
              out_dir: Path, quiet: bool, as_json: bool) -> None:
-    """Run SLIDE through a model's system; write GeoJSON, label TIFF, overlay and report.
+    """Run slides through a model's system; write GeoJSON, label TIFF, overlay and report.
 
     Without --prompts the model's prompt-free mode runs (nuclei by default on H&E; SAM with
-    --scheme boxes|points: every object on the tissue)."""
+    --scheme boxes|points: every object on the tissue).
+    One slide file: its outputs go straight into OUT (OUT/<stem>.geojson, ...). Several
+    inputs, a folder, a .txt/.csv list, --batch or --ray: a batch, each slide into OUT/<stem>/,
+    complete ones skipped (--force redoes), summary in OUT/batch.json, exit 1 if any failed."""
     _setup_logging(quiet)
+    from wsisam.batch.inputs import LIST_SUFFIXES
+
+    single = (len(inputs) == 1 and not inputs[0].is_dir() and not as_batch and ray_address is None
+              and inputs[0].suffix.lower() not in LIST_SUFFIXES)
+    slide = inputs[0]
 
     def go() -> None:
         from wsisam.runtime.segment import RunConfig, run_slide
@@ -227,7 +246,7 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
                  "prompt_batch": prompt_batch, "lr_layout": lr_layout}
         opts = {**{k: v for k, v in flags.items() if v is not None}, **_key_values(options)}
         if model_dir is None and model is None:
-            model_name = default_model(slide, prompts, opts, mpp)
+            model_name = default_model(slide if single else None, prompts, opts, mpp)
         mdir = model_dir or _default_model_dir(model or model_name, quiet)
         cfg = RunConfig(slide=slide, out_dir=out_dir, model_dir=mdir, prompts=prompts,
                         model=model, backend=backend, mpp=mpp, options=opts,
@@ -235,6 +254,10 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
                             readers=readers, encoder_batch=encoder_batch,
                             concurrent={"auto": None, "on": True, "off": False}[pipeline_mode]))
         unit = "crop" if prompts is not None else "tile"
+        if not single:
+            _run_batch_cli(inputs, out_dir, cfg, force, ray_address, workers, cpus_per_worker,
+                           quiet, as_json, unit)
+            return
         result = run_slide(cfg, on_progress=None if quiet else _progress(unit))
         if as_json:
             click.echo(json.dumps(result.report, indent=2, default=str))
@@ -244,13 +267,16 @@ def run_main(slide: Path, prompts: Path | None, model: str | None, model_dir: Pa
     _guard(go)
 
 
-def default_model(slide: Path, prompts: Path | None, opts: dict[str, Any],
+def default_model(slide: Path | None, prompts: Path | None, opts: dict[str, Any],
                   mpp: float | None) -> str:
     """The model a run without --model/--model-dir uses: the nuclei model on a brightfield
     slide without prompts or options, else the SAM default (prompts, fluorescence, or options
-    such as --scheme boxes, which are SAM's)."""
+    such as --scheme boxes, which are SAM's). ``slide`` None (a batch): the nuclei model; a
+    fluorescence slide in it then fails with its one line and the batch goes on."""
     if prompts is not None or opts:
         return DEFAULT_MODEL
+    if slide is None:
+        return DEFAULT_NUCLEI_MODEL
     from wsisam.runtime.slide import open_slide
     from wsisam.runtime.tissue import is_fluorescence
 
@@ -259,6 +285,54 @@ def default_model(slide: Path, prompts: Path | None, opts: dict[str, Any],
         return DEFAULT_MODEL if is_fluorescence(reader.thumbnail(1024)) else DEFAULT_NUCLEI_MODEL
     finally:
         reader.close()
+
+
+def _run_batch_cli(inputs: tuple[Path, ...], out_dir: Path, cfg: Any, force: bool,
+                   ray_address: str | None, workers: int | None, cpus_per_worker: int,
+                   quiet: bool, as_json: bool, unit: str) -> None:
+    """The batch path of wsisam-run: bars over slides and the current slide's units, the
+    summary printed (and in OUT/batch.json), exit status 1 if a slide failed."""
+    from wsisam.batch.inputs import expand_inputs
+    from wsisam.batch.run import run_batch
+
+    total = len(expand_inputs(inputs))
+    bars: dict[str, Any] = {}
+    tty = sys.stderr.isatty() and not quiet
+
+    def on_event(kind: str, value: Any) -> None:
+        if not tty:
+            return
+        from tqdm import tqdm
+
+        if "slides" not in bars:
+            bars["slides"] = tqdm(total=total, unit="slide", file=sys.stderr, position=0)
+        if kind == "slide":
+            bars["slides"].update(1)
+            bars["slides"].set_postfix_str(f"{value.status} {Path(value.slide).name}")
+            if "units" in bars:
+                bars.pop("units").close()
+        else:
+            done, n = value
+            if "units" not in bars:
+                bars["units"] = tqdm(total=n, unit=unit, file=sys.stderr, position=1,
+                                     leave=False)
+            bars["units"].update(done - bars["units"].n)
+
+    try:
+        result = run_batch(inputs, out_dir, cfg, force=force, ray=ray_address, workers=workers,
+                           cpus_per_worker=cpus_per_worker, on_event=on_event)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2, default=str))
+    elif not quiet:
+        click.echo("\n".join(result.lines()))
+    if not result.ok:
+        n = len(result.by_status("failed"))
+        click.echo(f"Error: {n} of {len(result.outcomes)} slides failed (listed in "
+                   f"{out_dir / 'batch.json'})", err=True)
+        sys.exit(1)
 
 
 def _run_summary(r: dict[str, Any], out_dir: Path) -> str:
@@ -406,3 +480,51 @@ def train_main(ctx: click.Context, system: str) -> None:
     except click.ClickException as exc:  # usage errors: click's own message, exit 2
         exc.show()
         sys.exit(exc.exit_code)
+
+
+# --- wsisam-watch: a scanner's output folder (issue: many slides) -------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("in_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model", type=click.Choice(list_models()), default=None)
+@click.option("--model-dir", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--option", "-O", "options", multiple=True, metavar="NAME=VALUE")
+@click.option("--stable-s", type=float, default=10.0, show_default=True,
+              help="A slide is complete once its size and mtime are unchanged this long.")
+@click.option("--marker", "marker_suffix", default=None, metavar="SUFFIX",
+              help="Or once the scanner's completion marker SLIDE+SUFFIX (e.g. .done) exists.")
+@click.option("--poll-s", type=float, default=1.0, show_default=True)
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS")
+@click.option("--max-slides", type=int, default=None, help="Stop after this many slides.")
+@click.option("-q", "--quiet", is_flag=True)
+def watch_main(in_dir: Path, out_dir: Path, model: str | None, model_dir: Path | None,
+               backend: str, options: tuple[str, ...], stable_s: float,
+               marker_suffix: str | None, poll_s: float, ray_address: str | None,
+               max_slides: int | None, quiet: bool) -> None:
+    """Watch IN_DIR; run every slide once it is completely written, into OUT/<stem>/.
+
+    Restart-safe (state in OUT); SIGTERM finishes the current slide and stops, Ctrl-C abandons
+    it. One log line per slide."""
+    _setup_logging(quiet)
+
+    def go() -> None:
+        from wsisam.batch.watch import Watcher, install_signals
+        from wsisam.runtime.segment import RunConfig
+
+        opts = _key_values(options)
+        mdir = model_dir or _default_model_dir(model or default_model(None, None, opts, None),
+                                               quiet)
+        cfg = RunConfig(slide=Path("-"), out_dir=out_dir, model_dir=mdir, model=model,
+                        backend=backend, options=opts)
+        w = Watcher(in_dir, out_dir, cfg, stable_s=stable_s, poll_s=poll_s,
+                    marker_suffix=marker_suffix, ray=ray_address,
+                    log=lambda line: click.echo(line))
+        install_signals(w)
+        w.run(max_slides=max_slides)
+        if not quiet:
+            click.echo("watch: stopped", err=True)
+
+    _guard(go)

@@ -11,6 +11,7 @@ only when every one is complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -145,7 +146,8 @@ class StageRun:
 
 
 def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None,
-              on_object: Callable[[Any], None] | None = None) -> RunResult:
+              on_object: Callable[[Any], None] | None = None,
+              graphs: ModelGraphs | None = None) -> RunResult:
     """Run ``cfg.slide`` through its model directory's system; write the outputs into
     ``cfg.out_dir``.
 
@@ -153,10 +155,13 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
     ``on_object(obj)``: each object as soon as it is final, in the calling thread — for software
     that consumes objects while the slide runs (what it is, the system says: SAM's automatic
     mode hands out its Detection objects).
+    ``graphs``: an open :class:`ModelGraphs` of ``cfg.model_dir`` to reuse (a batch worker loads
+    the model once for all its slides); left open. Without it the run opens and closes its own.
     """
     t0 = time.perf_counter()
-    with open_slide(cfg.slide) as reader, ModelGraphs(cfg.model_dir, cfg.backend,
-                                                      cfg.model) as graphs:
+    own = (ModelGraphs(cfg.model_dir, cfg.backend, cfg.model) if graphs is None
+           else contextlib.nullcontext(graphs))
+    with open_slide(cfg.slide) as reader, own as graphs:
         spec = graphs.spec
         mode = "prompted" if cfg.prompts is not None else spec.default_mode
         if mode not in spec.modes or (mode == "prompted" and cfg.prompts is None):
