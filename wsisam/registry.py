@@ -242,7 +242,8 @@ class SystemEntry:
 _SYSTEMS: dict[str, SystemEntry] = {}
 _MODELS: dict[str, SystemSpec] = {}
 # The built-in systems: their spec modules register their models when first needed.
-BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec")
+BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec",
+                 "wsisam.systems.few_shot.spec")
 _loaded = False
 
 
@@ -311,6 +312,8 @@ def trainer(system: str) -> Any:
     untrainable name lists the trainable ones."""
     _ensure_builtins()
     entry = _SYSTEMS.get(system)
+    if entry is None and system in _MODELS:  # a model name trains with its system's trainer
+        entry = _SYSTEMS[_MODELS[system].system]
     if entry is None or not entry.train:
         raise ConfigError(f"'{system}' is not a trainable system; trainable: "
                           f"{', '.join(trainable_systems()) or 'none'}")
