@@ -1,0 +1,112 @@
+"""Few-shot SAM: training on real MoNuSeg support with the tiny seeded test config, bad input
+(one line, non-zero exit, MODEL_DIR untouched), the modality check, the registry hook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsisam.cli import train_main
+from wsisam.registry import get_model, trainer
+from wsisam.systems.few_shot.support import modality, read_rgb
+
+DATA = Path("/work/shared/data/monuseg-train")
+STEM = "TCGA-21-5784-01Z-00-DX1"
+
+
+def _need_data() -> None:
+    if not (DATA / f"{STEM}.tif").exists():
+        pytest.skip(f"MoNuSeg data absent at {DATA}")
+
+
+def _support(tmp: Path, stem: str = STEM, xml_text: str | None = None) -> Path:
+    """Copy one support image (and its XML, or the given XML text) into ``tmp``."""
+    img = tmp / f"{stem}.tif"
+    shutil.copy(DATA / f"{stem}.tif", img)
+    xml = tmp / f"{stem}.xml"
+    if xml_text is None:
+        shutil.copy(DATA / f"{stem}.xml", xml)
+    else:
+        xml.write_text(xml_text)
+    return img
+
+
+def _train(args: list[str]):
+    return CliRunner().invoke(train_main, ["fewshot", *args, "--model", "test-fewshot"])
+
+
+def test_registry_entry() -> None:
+    spec = get_model("fewshot")
+    assert spec.system == "few_shot" and spec.base == "litemedsam"
+    assert spec.graphs()["decoder"].input_names == ["image_embeddings", "support_tokens"]
+    assert trainer("fewshot").name == trainer("few_shot").name
+
+
+def test_train_tiny_writes_model_dir_and_resumes(tmp_path: Path) -> None:
+    _need_data()
+    img = _support(tmp_path)
+    out = tmp_path / "model"
+    cache = tmp_path / "cache"
+    res = _train([str(img), "-o", str(out), "--steps", "20", "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "train_report.json").read_text())
+    assert rep["support"] == [STEM] and rep["tiles"] == 4 and len(rep["losses"]) == 20
+    assert rep["peak_rss_mb"] > 0 and rep["modality"] == "brightfield"
+    bank = np.load(out / "support_bank.npz")
+    assert bank["tokens"].shape == (2, get_model("test-fewshot").embed_dim)
+    assert len(list(cache.glob("test-tinyvit-*.npy"))) == 4  # embeddings cached per tile
+    # same run again: cached embeddings, resumed checkpoint, same tokens (seeded)
+    res2 = _train([str(img), "-o", str(tmp_path / "m2"), "--steps", "20", "--cache-dir",
+                   str(cache)])
+    assert res2.exit_code == 0, res2.output
+    np.testing.assert_allclose(np.load(tmp_path / "m2" / "support_bank.npz")["tokens"],
+                               bank["tokens"], atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["empty_list", "no_annotations", "outside", "mixed_mpp"])
+def test_bad_input_one_line_model_dir_untouched(tmp_path: Path, case: str) -> None:
+    _need_data()
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous model")
+    if case == "empty_list":
+        args = []
+        want = "no support images"
+    elif case == "no_annotations":
+        args = [str(_support(tmp_path, xml_text='<Annotations MicronsPerPixel="0.2527">'
+                                                 '<Annotation><Regions/></Annotation>'
+                                                 '</Annotations>'))]
+        want = "no polygon annotations"
+    elif case == "outside":
+        args = [str(_support(tmp_path, xml_text='<Annotations MicronsPerPixel="0.2527">'
+                '<Annotation><Regions><Region><Vertices><Vertex X="5000" Y="10"/>'
+                '<Vertex X="5010" Y="10"/><Vertex X="5010" Y="20"/></Vertices></Region>'
+                '</Regions></Annotation></Annotations>'))]
+        want = "lies outside"
+    else:
+        a = _support(tmp_path)
+        b_dir = tmp_path / "b"
+        b_dir.mkdir()
+        xml = (DATA / "TCGA-50-5931-01Z-00-DX1.xml").read_text().replace(
+            'MicronsPerPixel="0.252700"', 'MicronsPerPixel="0.500000"')
+        args = [str(a), str(_support(b_dir, "TCGA-50-5931-01Z-00-DX1", xml))]
+        want = "different µm/px"
+    res = _train([*args, "-o", str(out)])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and want in lines[0], res.output
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("model.")]
+
+
+def test_modality_brightfield_vs_fluorescence() -> None:
+    _need_data()
+    assert modality(read_rgb(DATA / f"{STEM}.tif")) == "brightfield"
+    dark = np.full((64, 64, 3), 8, np.uint8)
+    dark[20:30, 20:30, 2] = 200  # a DAPI-like nucleus on black
+    assert modality(dark) == "fluorescence"
