@@ -59,10 +59,9 @@ class FewShotDecoder(nn.Module):
 
     def forward(self, emb: Tensor, support_tokens: Tensor) -> Tensor:
         """(B,C,h,w), (2,C) tokens → (B,1,4h,4w) foreground logits."""
-        sparse = support_tokens.unsqueeze(0)
-        out = [self.mask_decoder.predict_masks(e[None], self.image_pe, sparse, self.dense)[0][:, :1]
-               for e in emb]
-        return torch.cat(out)
+        # one token set per image: the transformer attends image b with token set b
+        sparse = support_tokens.unsqueeze(0).expand(emb.shape[0], -1, -1)
+        return self.mask_decoder.predict_masks(emb, self.image_pe, sparse, self.dense)[0][:, :1]
 
 
 def prototypes(embs: Tensor, fg: Tensor) -> Tensor:
@@ -177,7 +176,8 @@ def peak_rss_mb() -> float:
 
 def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float | None = None,
           steps: int = 120, mode: str = "mix", seed: int = 0, cache_dir: Path | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, export: bool = True,
+          parity_slides: list[Path] | None = None) -> dict[str, Any]:
     """Validate, encode (cached), fine-tune, and write MODEL_DIR atomically (decoder.pt,
     support_bank.npz, train_report.json). Nothing is written on bad input."""
     t0 = time.time()
@@ -213,9 +213,22 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
                   "total_s": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
                   "threads": torch.get_num_threads()}
         (staging / "train_report.json").write_text(json.dumps(report, indent=1))
+        if export:
+            from wsisam.export.run import run_export
+
+            exported = staging / "model"
+            exp = run_export(model, exported, weights={"fewshot": staging / "decoder.pt"},
+                             parity_slides=parity_slides)
+            report["export"] = {"parity": exp.get("parity", {}).get("max_abs", exp.get("parity"))}
+            for f in ("decoder.pt", "support_bank.npz", "train_report.json"):
+                shutil.copy(staging / f, exported / f)
+            (exported / "train_report.json").write_text(json.dumps(report, indent=1))
+            final = exported
+        else:
+            final = staging
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        final.rename(out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -234,11 +247,18 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="embedding cache (default ~/.cache/wsisam/fewshot-embeddings)")
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="export the ONNX graphs (parity-checked) into MODEL_DIR")
+@click.option("--parity-slide", "parity_slides", multiple=True, type=click.Path(path_type=Path),
+              help="slides for export parity tiles (default ../shared/data); 'none': random only")
 def train_command(support: tuple[Path, ...], out_dir: Path, model: str, mpp: float | None,
-                  steps: int, mode: str, seed: int, cache_dir: Path | None) -> None:
+                  steps: int, mode: str, seed: int, cache_dir: Path | None, export: bool,
+                  parity_slides: tuple[Path, ...]) -> None:
     """Fine-tune a few-shot SAM decoder on annotated SUPPORT images."""
+    slides = None if not parity_slides else [p for p in parity_slides if str(p) != "none"]
     try:
-        rep = train(list(support), out_dir, model, mpp, steps, mode, seed, cache_dir)
+        rep = train(list(support), out_dir, model, mpp, steps, mode, seed, cache_dir,
+                    export=export, parity_slides=slides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out_dir}: {len(rep['support'])} support images, {rep['tiles']} tiles, "
