@@ -43,7 +43,8 @@ def _train(args: list[str]):
 def test_registry_entry() -> None:
     spec = get_model("fewshot")
     assert spec.system == "few_shot" and spec.base == "litemedsam"
-    assert spec.graphs()["decoder"].input_names == ["image_embeddings", "support_tokens"]
+    assert spec.graphs()["decoder"].input_names == ["image_embeddings"]  # tokens: constants
+    assert spec.graphs()["decoder"].output_names == ["fg_logits"]
     assert trainer("fewshot").name == trainer("few_shot").name
 
 
@@ -110,3 +111,69 @@ def test_modality_brightfield_vs_fluorescence() -> None:
     dark = np.full((64, 64, 3), 8, np.uint8)
     dark[20:30, 20:30, 2] = 200  # a DAPI-like nucleus on black
     assert modality(dark) == "fluorescence"
+
+
+SLIDES = Path("/work/shared/data")
+
+
+def _tiny_model(tmp: Path) -> Path:
+    _need_data()
+    out = tmp / "model"
+    res = _train([str(_support(tmp)), "-o", str(out), "--steps", "5", "--cache-dir",
+                  str(tmp / "cache"), "--parity-slide", "none"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
+    from wsisam.cli import run_main
+
+    model = _tiny_model(tmp_path)
+    rep = json.loads((model / "export_report.json").read_text())
+    assert rep["parity"]["failures"] == []
+    assert rep["parity"]["random"]["decoder_logits"]["max_abs"] <= 1e-4
+    assert json.loads((model / "manifest.json").read_text())["system_details"]["modality"] \
+        == "brightfield"
+    slide = SLIDES / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    import tifffile
+
+    r = json.loads((out / "CMU-1-Small-Region.report.json").read_text())
+    assert r["tiles"]["processed"] == r["tiles"]["planned"] > 1
+    geo = json.loads((out / "CMU-1-Small-Region.geojson").read_text())
+    assert len(geo["features"]) == r["objects"]["count"]
+    assert tifffile.imread(out / "CMU-1-Small-Region.mask.tif").max() <= 1
+    assert (out / "CMU-1-Small-Region.overlay.png").stat().st_size > 0
+    assert set(r["area_um2_per_class"]) <= {"Support structure"}
+
+
+def test_fluorescence_slide_refused_in_one_line(tmp_path: Path) -> None:
+    from wsisam.cli import run_main
+
+    slide = SLIDES / "fluorescence-dapi.ndpi"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    model = _tiny_model(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o", str(out)])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "fluorescence but the support set was brightfield" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_precision_fp16(tmp_path: Path) -> None:
+    from wsisam.export.run import run_export
+
+    slide = SLIDES / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    model = _tiny_model(tmp_path)
+    rep = run_export("test-fewshot", tmp_path / "fp16", weights={"fewshot": model / "decoder.pt"},
+                     parity_slides=[], precision="fp16", calib=[slide], calib_tiles=4)
+    assert (tmp_path / "fp16" / "decoder.onnx").exists()
+    assert rep["precision"] == "fp16", rep.get("precision")

@@ -73,7 +73,8 @@ class FewShotRuntime(SystemRuntime):
             m_got = test.run("decoder", {"image_embeddings": e_got})["fg_logits"]
             e2e.add(m_ref, m_got)
             e2e.add_ious([m_ref[0, 0]], [m_got[0, 0]])
-        out = {"tiles": len(tiles), "encoder": enc.summary(), "decoder_logits": dec.summary(),
+        out = {"tiles": len(tiles), "prompts": len(tiles), "encoder": enc.summary(),
+               "decoder_logits": dec.summary(),
                "end_to_end_logits": e2e.summary(),
                "tile_sources": sorted({Path(t.slide).name for t in tiles})}
         if not decoder_only:
