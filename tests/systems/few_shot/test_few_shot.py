@@ -1,0 +1,179 @@
+"""Few-shot SAM: training on real MoNuSeg support with the tiny seeded test config, bad input
+(one line, non-zero exit, MODEL_DIR untouched), the modality check, the registry hook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wsisam.cli import train_main
+from wsisam.registry import get_model, trainer
+from wsisam.systems.few_shot.support import modality, read_rgb
+
+DATA = Path("/work/shared/data/monuseg-train")
+STEM = "TCGA-21-5784-01Z-00-DX1"
+
+
+def _need_data() -> None:
+    if not (DATA / f"{STEM}.tif").exists():
+        pytest.skip(f"MoNuSeg data absent at {DATA}")
+
+
+def _support(tmp: Path, stem: str = STEM, xml_text: str | None = None) -> Path:
+    """Copy one support image (and its XML, or the given XML text) into ``tmp``."""
+    img = tmp / f"{stem}.tif"
+    shutil.copy(DATA / f"{stem}.tif", img)
+    xml = tmp / f"{stem}.xml"
+    if xml_text is None:
+        shutil.copy(DATA / f"{stem}.xml", xml)
+    else:
+        xml.write_text(xml_text)
+    return img
+
+
+def _train(args: list[str]):
+    return CliRunner().invoke(train_main, ["fewshot", *args, "--model", "test-fewshot"])
+
+
+def test_registry_entry() -> None:
+    spec = get_model("fewshot")
+    assert spec.system == "few_shot" and spec.base == "litemedsam"
+    assert spec.graphs()["decoder"].input_names == ["image_embeddings"]  # tokens: constants
+    assert spec.graphs()["decoder"].output_names == ["fg_logits"]
+    assert trainer("fewshot").name == trainer("few_shot").name
+
+
+def test_train_tiny_writes_model_dir_and_resumes(tmp_path: Path) -> None:
+    _need_data()
+    img = _support(tmp_path)
+    out = tmp_path / "model"
+    cache = tmp_path / "cache"
+    res = _train([str(img), "-o", str(out), "--steps", "20", "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "train_report.json").read_text())
+    assert rep["support"] == [STEM] and rep["tiles"] == 4 and len(rep["losses"]) == 20
+    assert rep["peak_rss_mb"] > 0 and rep["modality"] == "brightfield"
+    bank = np.load(out / "support_bank.npz")
+    assert bank["tokens"].shape == (2, get_model("test-fewshot").embed_dim)
+    assert len(list(cache.glob("test-tinyvit-*.npy"))) == 4  # embeddings cached per tile
+    # same run again: cached embeddings, resumed checkpoint, same tokens (seeded)
+    res2 = _train([str(img), "-o", str(tmp_path / "m2"), "--steps", "20", "--cache-dir",
+                   str(cache)])
+    assert res2.exit_code == 0, res2.output
+    np.testing.assert_allclose(np.load(tmp_path / "m2" / "support_bank.npz")["tokens"],
+                               bank["tokens"], atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["empty_list", "no_annotations", "outside", "mixed_mpp"])
+def test_bad_input_one_line_model_dir_untouched(tmp_path: Path, case: str) -> None:
+    _need_data()
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous model")
+    if case == "empty_list":
+        args = []
+        want = "no support images"
+    elif case == "no_annotations":
+        args = [str(_support(tmp_path, xml_text='<Annotations MicronsPerPixel="0.2527">'
+                                                 '<Annotation><Regions/></Annotation>'
+                                                 '</Annotations>'))]
+        want = "no polygon annotations"
+    elif case == "outside":
+        args = [str(_support(tmp_path, xml_text='<Annotations MicronsPerPixel="0.2527">'
+                '<Annotation><Regions><Region><Vertices><Vertex X="5000" Y="10"/>'
+                '<Vertex X="5010" Y="10"/><Vertex X="5010" Y="20"/></Vertices></Region>'
+                '</Regions></Annotation></Annotations>'))]
+        want = "lies outside"
+    else:
+        a = _support(tmp_path)
+        b_dir = tmp_path / "b"
+        b_dir.mkdir()
+        xml = (DATA / "TCGA-50-5931-01Z-00-DX1.xml").read_text().replace(
+            'MicronsPerPixel="0.252700"', 'MicronsPerPixel="0.500000"')
+        args = [str(a), str(_support(b_dir, "TCGA-50-5931-01Z-00-DX1", xml))]
+        want = "different µm/px"
+    res = _train([*args, "-o", str(out)])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and want in lines[0], res.output
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("model.")]
+
+
+def test_modality_brightfield_vs_fluorescence() -> None:
+    _need_data()
+    assert modality(read_rgb(DATA / f"{STEM}.tif")) == "brightfield"
+    dark = np.full((64, 64, 3), 8, np.uint8)
+    dark[20:30, 20:30, 2] = 200  # a DAPI-like nucleus on black
+    assert modality(dark) == "fluorescence"
+
+
+SLIDES = Path("/work/shared/data")
+
+
+def _tiny_model(tmp: Path) -> Path:
+    _need_data()
+    out = tmp / "model"
+    res = _train([str(_support(tmp)), "-o", str(out), "--steps", "5", "--cache-dir",
+                  str(tmp / "cache"), "--parity-slide", "none"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
+    from wsisam.cli import run_main
+
+    model = _tiny_model(tmp_path)
+    rep = json.loads((model / "export_report.json").read_text())
+    assert rep["parity"]["failures"] == []
+    assert rep["parity"]["random"]["decoder_logits"]["max_abs"] <= 1e-4
+    assert json.loads((model / "manifest.json").read_text())["system_details"]["modality"] \
+        == "brightfield"
+    slide = SLIDES / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    import tifffile
+
+    r = json.loads((out / "CMU-1-Small-Region.report.json").read_text())
+    assert r["tiles"]["processed"] == r["tiles"]["planned"] > 1
+    geo = json.loads((out / "CMU-1-Small-Region.geojson").read_text())
+    assert len(geo["features"]) == r["objects"]["count"]
+    assert tifffile.imread(out / "CMU-1-Small-Region.mask.tif").max() <= 1
+    assert (out / "CMU-1-Small-Region.overlay.png").stat().st_size > 0
+    assert set(r["area_um2_per_class"]) <= {"Support structure"}
+
+
+def test_fluorescence_slide_refused_in_one_line(tmp_path: Path) -> None:
+    from wsisam.cli import run_main
+
+    slide = SLIDES / "fluorescence-dapi.ndpi"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    model = _tiny_model(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o", str(out)])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "fluorescence but the support set was brightfield" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_precision_fp16(tmp_path: Path) -> None:
+    from wsisam.export.run import run_export
+
+    slide = SLIDES / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        pytest.skip(f"slide absent: {slide}")
+    model = _tiny_model(tmp_path)
+    rep = run_export("test-fewshot", tmp_path / "fp16", weights={"fewshot": model / "decoder.pt"},
+                     parity_slides=[], precision="fp16", calib=[slide], calib_tiles=4)
+    assert (tmp_path / "fp16" / "decoder.onnx").exists()
+    assert rep["precision"] == "fp16", rep.get("precision")

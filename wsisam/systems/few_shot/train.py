@@ -1,0 +1,266 @@
+"""Few-shot training (torch, export layer): frozen encoder embeddings cached on disk, support
+tokens from masked-average prototypes (plus learned offsets), only the mask decoder fine-tuned
+on the support set. ``wsisam-train fewshot SUPPORT... -o MODEL_DIR``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsisam.errors import ConfigError
+from wsisam.registry import get_model
+from wsisam.runtime.preprocess import preprocess_image
+from wsisam.systems.few_shot.spec import FewShotSpec
+from wsisam.systems.few_shot.support import SupportImage, load_support, modality, tiles
+from wsisam.systems.sam.export import load_model
+
+TOKEN_MODES = ("proto", "query", "mix")
+
+
+class FewShotDecoder(nn.Module):
+    """SAM's mask decoder with support tokens (T=2, C) [fg, bg] in place of prompt tokens.
+
+    ``mode``: ``proto`` uses the prototypes as tokens, ``query`` only learned tokens, ``mix``
+    prototypes plus learned offsets. Output: token-0 logits (B,1,4h,4w), model-input frame.
+    """
+
+    def __init__(self, sam: nn.Module, mode: str = "mix") -> None:
+        super().__init__()
+        pe = sam.prompt_encoder
+        self.mask_decoder = copy.deepcopy(sam.mask_decoder)
+        self.register_buffer("image_pe", pe.get_dense_pe().detach().clone())
+        self.register_buffer("dense", pe.no_mask_dense().detach().clone())
+        c = self.image_pe.shape[1]
+        # learned queries start at SAM's fg/bg point-label embeddings
+        init = torch.stack([pe.point_embeddings[1].weight[0], pe.point_embeddings[0].weight[0]])
+        self.query = nn.Parameter(init.detach().clone().reshape(2, c))
+        self.mode = mode
+
+    def tokens(self, protos: Tensor) -> Tensor:
+        """(2, C) prototypes → (2, C) support tokens for this mode."""
+        if self.mode == "proto":
+            return protos
+        if self.mode == "query":
+            return self.query
+        return protos + self.query
+
+    def forward(self, emb: Tensor, support_tokens: Tensor) -> Tensor:
+        """(B,C,h,w), (2,C) tokens → (B,1,4h,4w) foreground logits."""
+        # one token set per image: the transformer attends image b with token set b
+        sparse = support_tokens.unsqueeze(0).expand(emb.shape[0], -1, -1)
+        return self.mask_decoder.predict_masks(emb, self.image_pe, sparse, self.dense)[0][:, :1]
+
+
+def prototypes(embs: Tensor, fg: Tensor) -> Tensor:
+    """Masked averages: embeddings (N,C,h,w), fg (N,1,H,W) {0,1} → (2,C) [fg, bg] prototypes."""
+    m = F.interpolate(fg, size=embs.shape[-2:], mode="area")
+    fgp = (embs * m).sum((0, 2, 3)) / m.sum().clamp(min=1e-6)
+    bgp = (embs * (1 - m)).sum((0, 2, 3)) / (1 - m).sum().clamp(min=1e-6)
+    return torch.stack([fgp, bgp])
+
+
+def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportImage],
+                      cache_dir: Path, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Tiles of every image through the frozen encoder, cached in ``cache_dir`` keyed by image
+    digest, model and tile origin → embeddings (N,C,h,w), foreground (N,1,n,n)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    embs, fgs = [], []
+    work = [(im, t, f) for im in images
+            for t, f in zip(tiles(im.rgb, spec.input_px), tiles(im.fg, spec.input_px))]
+    with click.progressbar(work, label="encoding support tiles", file=None if progress else
+                           open(os.devnull, "w")) as bar:
+        for im, (y, x, rgb), (_, _, fg) in bar:
+            key = cache_dir / f"{spec.base}-{im.digest[:24]}-{y}-{x}.npy"
+            if key.exists():
+                e = np.load(key)
+            else:
+                image, _ = preprocess_image(rgb, spec.preprocess)
+                with torch.no_grad():
+                    e = sam.encode(torch.from_numpy(image[None])).numpy()[0]
+                np.save(key, e)
+            embs.append(torch.from_numpy(e))
+            fgs.append(torch.from_numpy(fg.astype(np.float32))[None])
+    return torch.stack(embs), torch.stack(fgs)
+
+
+def dice_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE + soft Dice of (B,1,H,W) logits vs {0,1} targets."""
+    p = logits.sigmoid()
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice
+
+
+def augment(emb: Tensor, fg: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Same random flip / 90° rotation of embeddings and masks (embedding-space dihedral
+    augmentation: cheap, no re-encoding; H&E has no preferred orientation)."""
+    k = int(torch.randint(4, (1,), generator=g))
+    emb, fg = torch.rot90(emb, k, (-2, -1)), torch.rot90(fg, k, (-2, -1))
+    if torch.rand(1, generator=g) < 0.5:
+        emb, fg = emb.flip(-1), fg.flip(-1)
+    return emb, fg
+
+
+def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, mode: str = "mix", steps: int = 120,
+        batch: int = 2, lr: float = 1e-4, seed: int = 0, checkpoint: Path | None = None,
+        progress: bool = True) -> tuple[FewShotDecoder, Tensor, list[float]]:
+    """Fine-tune the decoder (and learned queries) on the support tiles; resumes from
+    ``checkpoint`` when it exists. Returns the decoder, the (2,C) support tokens, losses."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    dec = FewShotDecoder(sam, mode)
+    protos = prototypes(embs, fgs)
+    opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=1e-4)
+    losses: list[float] = []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        st = torch.load(checkpoint, weights_only=False)
+        dec.load_state_dict(st["decoder"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["rng"])
+        losses, start = st["losses"], st["step"]
+    dec.train()
+    with click.progressbar(range(start, steps), label="fine-tuning decoder",
+                           file=None if progress else open(os.devnull, "w")) as bar:
+        for step in bar:
+            idx = torch.randint(len(embs), (min(batch, len(embs)),), generator=g)
+            e, f = augment(embs[idx], fgs[idx], g)
+            loss = dice_bce(dec(e, dec.tokens(protos)), f)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if checkpoint is not None and (step + 1) % 20 == 0:
+                torch.save({"decoder": dec.state_dict(), "opt": opt.state_dict(),
+                            "rng": g.get_state(), "losses": losses, "step": step + 1},
+                           checkpoint)
+    dec.eval()
+    with torch.no_grad():
+        tokens = dec.tokens(protos).detach().clone()
+    return dec, tokens, losses
+
+
+def predict_fg(sam: nn.Module, dec: FewShotDecoder, tokens: Tensor, rgb: np.ndarray,
+               input_px: int, spec: FewShotSpec) -> np.ndarray:
+    """(H,W,3) uint8 at the model µm/px → (H,W) bool foreground (tiles averaged where they
+    overlap)."""
+    acc = np.zeros(rgb.shape[:2], np.float32)
+    cnt = np.zeros(rgb.shape[:2], np.float32)
+    for y, x, crop in tiles(rgb, input_px):
+        image, _ = preprocess_image(crop, spec.preprocess)
+        with torch.no_grad():
+            lg = dec(sam.encode(torch.from_numpy(image[None])), tokens)[0, 0]
+            lg = F.interpolate(lg[None, None], size=(input_px, input_px), mode="bilinear")[0, 0]
+        h, w = min(input_px, rgb.shape[0] - y), min(input_px, rgb.shape[1] - x)
+        acc[y:y + h, x:x + w] += lg.numpy()[:h, :w]
+        cnt[y:y + h, x:x + w] += 1
+    return acc / np.maximum(cnt, 1) > 0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float | None = None,
+          steps: int = 120, mode: str = "mix", seed: int = 0, cache_dir: Path | None = None,
+          progress: bool = True, export: bool = True,
+          parity_slides: list[Path] | None = None) -> dict[str, Any]:
+    """Validate, encode (cached), fine-tune, and write MODEL_DIR atomically (decoder.pt,
+    support_bank.npz, train_report.json). Nothing is written on bad input."""
+    t0 = time.time()
+    spec = get_model(model)
+    if not isinstance(spec, FewShotSpec):
+        raise ConfigError(f"'{model}' is not a few-shot model; use fewshot or test-fewshot")
+    if mode not in TOKEN_MODES:
+        raise ConfigError(f"token mode {mode!r} is not one of {', '.join(TOKEN_MODES)}")
+    images = load_support([Path(p) for p in support], spec.mpp, mpp)
+    mods = {modality(im.rgb) for im in images}
+    if len(mods) > 1:
+        raise ConfigError("support images mix brightfield and fluorescence; give one modality")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    sam, _ = load_model(get_model(spec.base))
+    cache = cache_dir or Path(os.environ.get("WSISAM_CACHE", Path.home() / ".cache" / "wsisam")) \
+        / "fewshot-embeddings"
+    embs, fgs = cached_embeddings(sam, spec, images, cache, progress)
+    t_enc = time.time() - t0
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
+    try:
+        dec, tokens, losses = fit(sam, embs, fgs, mode, steps, seed=seed,
+                                  checkpoint=cache / f"ckpt-{model}-{mode}-{seed}-{steps}-"
+                                  f"{'-'.join(sorted(i.digest[:8] for i in images))}.pt",
+                                  progress=progress)
+        torch.save(dec.state_dict(), staging / "decoder.pt")
+        np.savez(staging / "support_bank.npz", tokens=tokens.numpy(),
+                 prototypes=prototypes(embs, fgs).numpy())
+        report = {"model": model, "base": spec.base, "mode": mode, "seed": seed, "steps": steps,
+                  "support": [im.stem for im in images], "modality": mods.pop(),
+                  "tiles": len(embs), "loss_first": losses[0] if losses else None,
+                  "loss_last": float(np.mean(losses[-10:])) if losses else None,
+                  "losses": losses, "encode_s": round(t_enc, 1),
+                  "total_s": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+                  "threads": torch.get_num_threads()}
+        (staging / "train_report.json").write_text(json.dumps(report, indent=1))
+        if export:
+            from wsisam.export.run import run_export
+
+            exported = staging / "model"
+            exp = run_export(model, exported, weights={"fewshot": staging / "decoder.pt"},
+                             parity_slides=parity_slides)
+            report["export"] = {"parity": exp.get("parity", {}).get("max_abs", exp.get("parity"))}
+            for f in ("decoder.pt", "support_bank.npz", "train_report.json"):
+                shutil.copy(staging / f, exported / f)
+            (exported / "train_report.json").write_text(json.dumps(report, indent=1))
+            final = exported
+        else:
+            final = staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        final.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return report
+
+
+@click.command()
+@click.argument("support", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="model directory to write")
+@click.option("--model", default="fewshot", show_default=True, help="few-shot model (encoder)")
+@click.option("--mpp", type=float, default=None, help="µm/px of the support images")
+@click.option("--steps", default=120, show_default=True, help="decoder fine-tuning steps")
+@click.option("--tokens", "mode", default="mix", show_default=True,
+              type=click.Choice(TOKEN_MODES), help="support tokens")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="embedding cache (default ~/.cache/wsisam/fewshot-embeddings)")
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="export the ONNX graphs (parity-checked) into MODEL_DIR")
+@click.option("--parity-slide", "parity_slides", multiple=True, type=click.Path(path_type=Path),
+              help="slides for export parity tiles (default ../shared/data); 'none': random only")
+def train_command(support: tuple[Path, ...], out_dir: Path, model: str, mpp: float | None,
+                  steps: int, mode: str, seed: int, cache_dir: Path | None, export: bool,
+                  parity_slides: tuple[Path, ...]) -> None:
+    """Fine-tune a few-shot SAM decoder on annotated SUPPORT images."""
+    slides = None if not parity_slides else [p for p in parity_slides if str(p) != "none"]
+    try:
+        rep = train(list(support), out_dir, model, mpp, steps, mode, seed, cache_dir,
+                    export=export, parity_slides=slides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out_dir}: {len(rep['support'])} support images, {rep['tiles']} tiles, "
+               f"loss {rep['loss_first']:.3f} → {rep['loss_last']:.3f}, {rep['total_s']} s, "
+               f"peak RSS {rep['peak_rss_mb']} MB")
