@@ -242,7 +242,8 @@ class SystemEntry:
 _SYSTEMS: dict[str, SystemEntry] = {}
 _MODELS: dict[str, SystemSpec] = {}
 # The built-in systems: their spec modules register their models when first needed.
-BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec")
+BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec",
+                 "wsisam.systems.ep_sam.spec")
 _loaded = False
 
 
