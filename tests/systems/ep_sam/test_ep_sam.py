@@ -70,7 +70,7 @@ def test_whole_patch_parity_against_the_reference_pipeline(exported):
     spec = get_model("test-epsam")
     model, _ = load_epsam(spec, {}, random_init=True)
     with open_slide(need(CMU)) as reader:
-        patches = [read_region_at(reader, (x, y, x + 32, y + 32), 32)
+        patches = [read_region_at(reader, (x, y, x + 128, y + 128), 128)
                    for x, y in ((1000, 1500), (1400, 900), (600, 2000))]
     with EpSamRuntime.open(model_dir, backend="ort-cpu") as rt:
         for rgb in patches:
@@ -150,7 +150,7 @@ def test_whole_slide_run_writes_every_output(exported, tmp_path):
                                 "report"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in res.outputs.values())
     pt = rep["patches"]
-    assert pt["classified"] == pt["planned"] > 100 and pt["segmented"] == pt["classified"]
+    assert pt["classified"] == pt["planned"] > 50 and pt["segmented"] == pt["classified"]
     assert rep["slide_result"]["tumour_area_mm2"] > 0
     assert 0 < rep["throughput"]["classifier_share"] < 1
     heat = json.loads(res.outputs["heatmap_geojson"].read_text())["features"]
@@ -160,11 +160,13 @@ def test_whole_slide_run_writes_every_output(exported, tmp_path):
     tum = [shape(f["geometry"]) for f in json.loads(res.outputs["geojson"].read_text())[
         "features"] if f["geometry"]]
     assert tum and len(tum) == rep["slide_result"]["tumour_regions"]
-    # merged across patches: no two regions touch (a seam would leave touching pieces)
-    for i in range(min(len(tum), 40)):
-        for j in range(i + 1, min(len(tum), 40)):
-            assert not tum[i].buffer(0.5).intersects(tum[j].buffer(0.5)) or tum[i].distance(
-                tum[j]) > 0
+    # merged across patches: no two regions share an edge (a seam would; touching at a corner
+    # pixel is two regions)
+    from shapely.strtree import STRtree
+    tree = STRtree(tum)
+    for i, g in enumerate(tum):
+        for j in tree.query(g):
+            assert j == i or g.intersection(tum[j]).length == 0
     label = tifffile.imread(res.outputs["mask"])
     assert label.max() == 1 and label.dtype == np.uint8
     saved = json.loads(res.outputs["report"].read_text())
@@ -178,7 +180,7 @@ def test_slide_smaller_than_one_patch_is_one_line(exported, tmp_path):
 
     model_dir, _ = exported
     tiny = tmp_path / "tiny.tif"
-    img = np.full((16, 16, 3), 180, np.uint8)
+    img = np.full((64, 64, 3), 180, np.uint8)
     tifffile.imwrite(tiny, img, tile=(16, 16), photometric="rgb", compression="zlib")
     out = tmp_path / "out"
     old = sys.argv
@@ -199,9 +201,9 @@ def test_slide_smaller_than_one_patch_message(exported, tmp_path):
 
     model_dir, _ = exported
     tiny = tmp_path / "tiny.tif"
-    tifffile.imwrite(tiny, np.full((16, 16, 3), 180, np.uint8), tile=(16, 16),
+    tifffile.imwrite(tiny, np.full((64, 64, 3), 180, np.uint8), tile=(16, 16),
                      photometric="rgb", compression="zlib")
-    with pytest.raises(SlideError, match="smaller than one 32-px EP-SAM patch") as e:
+    with pytest.raises(SlideError, match="smaller than one 128-px EP-SAM patch") as e:
         run_slide(RunConfig(slide=tiny, out_dir=tmp_path / "o", model_dir=model_dir,
                             backend="ort-cpu"))
     assert "\n" not in str(e.value)

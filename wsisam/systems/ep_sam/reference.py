@@ -94,7 +94,9 @@ def reference_patch(model: EpSam, rgb_u8: np.ndarray, variant: str = "camelyon17
     a = avg.float()
     norm = _bilinear((a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else a * 0, p)
     nz = a[a > 0]
-    if variant == "camelyon16":
+    if not nz.numel():
+        mask = torch.zeros(p, p, dtype=torch.bool)
+    elif variant == "camelyon16":
         thr = torch.quantile(nz.double(), 0.10).float()
         big = _bilinear(a, p).round()  # cv2 resizes the uint8 CAM in fixed point, rounding
         mask = _open((big > thr).float(), 21) > 0

@@ -120,12 +120,12 @@ register(epsam_spec(
 # Tiny seeded config: the same code paths (ADL gaps, stride-1 layer4, 2× patch → SAM input).
 register(epsam_spec(
     name="test-epsam",
-    description="test config: EP-SAM with a tiny ResNet-ADL (32 px patches) and a tiny SAM ViT "
-                "at 64 px, random seeded weights",
-    encoder=ViTArch(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
-                    window_size=2, out_chans=32),
+    description="test config: EP-SAM with a tiny ResNet-ADL (128 px patches: an 8×8 CAM) and a "
+                "tiny SAM ViT at 256 px, random seeded weights",
+    encoder=ViTArch(img_size=256, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
+                    window_size=4, out_chans=32),
     decoder=TINY_DECODER,
-    preprocess=Preprocess(input_px=64, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
+    preprocess=Preprocess(input_px=256, pixel_mean=SAM_MEAN, pixel_std=SAM_STD),
     mpp=0.25, weights=RANDOM, seed=1362, classifier=ResNetAdlArch(layers=(1, 1, 2, 3), width=8),
-    patch_px=32,
+    patch_px=128,
 ))
