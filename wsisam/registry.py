@@ -244,7 +244,7 @@ _MODELS: dict[str, SystemSpec] = {}
 # The built-in systems: their spec modules register their models when first needed.
 BUILTIN_SPECS = ("wsisam.systems.sam.spec", "wsisam.systems.wsi_sam.spec",
                  "wsisam.systems.cell_sam.spec", "wsisam.systems.sam_mil.spec",
-                 "wsisam.systems.few_shot.spec")
+                 "wsisam.systems.few_shot.spec", "wsisam.systems.ep_sam.spec")
 _loaded = False
 
 
