@@ -463,7 +463,7 @@ def build_main(model_dir: Path, out_dir: Path | None, version_compatible: bool,
     _guard(go)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
+@click.command(context_settings={"help_option_names": [],  # --help goes to SYSTEM's trainer
                                  "ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("system")
 @click.pass_context
