@@ -32,15 +32,21 @@ class AnnotatedImage:
     labels: np.ndarray
     mpp: float
 
-    def at(self, work_mpp: float) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb, labels) resampled to ``work_mpp`` (area for the image, nearest for labels)."""
+    def work_hw(self, work_mpp: float) -> tuple[int, int]:
+        """(h, w) of the image resampled to ``work_mpp``."""
         s = self.mpp / work_mpp
         h, w = self.labels.shape
-        hw = (max(1, round(w * s)), max(1, round(h * s)))
-        if hw == (w, h):
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    def at(self, work_mpp: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb, labels) resampled to ``work_mpp`` (area for the image, nearest for labels)."""
+        h, w = self.work_hw(work_mpp)
+        if (h, w) == self.labels.shape:
             return self.rgb, self.labels
-        rgb = cv2.resize(self.rgb, hw, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        return rgb, cv2.resize(self.labels, hw, interpolation=cv2.INTER_NEAREST)
+        shrink = self.mpp < work_mpp
+        rgb = cv2.resize(self.rgb, (w, h),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return rgb, cv2.resize(self.labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def read_rgb(path: Path) -> np.ndarray:

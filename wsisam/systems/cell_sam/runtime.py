@@ -118,6 +118,8 @@ def tile_candidates(maps: np.ndarray, work_mpp: float, ws: WatershedConfig) -> l
 class NucleiJob(AutomaticJob):
     """Nuclei of every tissue tile from the head's maps (frames as in :class:`AutomaticJob`)."""
 
+    work_type = NucleusWork
+
     def __init__(self, rt: CellSamRuntime, ctx: SlideContext) -> None:
         # SAM's automatic settings give the tile plan and seams (nuclei ≤ 32 µm); no prompts
         super().__init__(rt, ctx, AutoConfig(prompt_scheme="points", threshold_tiles=0))
@@ -130,15 +132,11 @@ class NucleiJob(AutomaticJob):
     def stages(self) -> list[Stage]:
         pipe: PipelineConfig = self.ctx.pipeline
         q, b = pipe.queue_size, pipe.encoder_batch
-        return [Stage("read", self._read_tile, workers=pipe.readers, queue_size=q),
+        return [Stage("read", self._read, workers=pipe.readers, queue_size=q),
                 Stage("prepare", self._prepare, queue_size=q),
                 Stage("encode", self._encode, queue_size=max(q, b), batch_size=b),
                 Stage("head", self._head, queue_size=max(q, b), batch_size=b),
                 Stage("instances", self._instances, queue_size=q)]
-
-    def _read_tile(self, tile: Any) -> NucleusWork:
-        work = self._read(tile)
-        return NucleusWork(**{k: getattr(work, k) for k in ("tile", "rgb", "error")})
 
     def _prepare(self, work: NucleusWork) -> NucleusWork:  # type: ignore[override]
         if not work.error:

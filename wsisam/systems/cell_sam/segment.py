@@ -55,7 +55,7 @@ def instances_at_image(maps: np.ndarray, img: AnnotatedImage, work_mpp: float,
                        ws: WatershedConfig) -> np.ndarray:
     """(3, h, w) maps at ``work_mpp`` (possibly padded past the image) → (H, W) int32 instance
     labels in ``img``'s frame (nearest-neighbour upsampling of the work-frame labels)."""
-    h, w = img.at(work_mpp)[1].shape
+    h, w = img.work_hw(work_mpp)
     lab = maps_to_instances(maps[:, :h, :w], work_mpp, ws)
     H, W = img.labels.shape
     return cv2.resize(lab, (W, H), interpolation=cv2.INTER_NEAREST).astype(np.int32)

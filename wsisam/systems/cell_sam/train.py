@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +31,7 @@ from wsisam.runtime.writers.report import write_json
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
 from wsisam.runtime.preprocess import preprocess_image
+from wsisam.runtime.segment import peak_rss_mb
 from wsisam.systems.cell_sam.data import AnnotatedImage, find_pairs, load_image
 from wsisam.systems.cell_sam.instances import WatershedConfig, targets_from_labels
 from wsisam.systems.cell_sam.metrics import mean_scores, score
@@ -66,12 +66,13 @@ class TrainConfig:
 @dataclass
 class Crop:
     """One encoder-sized crop: ``image`` (3,n,n) float32 preprocessed, ``targets`` (3,n,n),
-    ``embedding`` (C,h,w) float16, ``labels`` (n,n) int32."""
+    ``embedding`` (C,h,w) float16, ``origin`` (y, x) of its top-left in the padded work-frame
+    image."""
 
     image: np.ndarray
     targets: np.ndarray
     embedding: np.ndarray
-    labels: np.ndarray
+    origin: tuple[int, int]
 
 
 # --- data: crops and cached embeddings ----------------------------------------------------------
@@ -105,8 +106,8 @@ def image_crops(img: AnnotatedImage, spec: CellSamSpec,
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, emb)
         os.replace(tmp, path)
-    return [Crop(images[i], targets_from_labels(labels[y:y + n, x:x + n]), emb[i],
-                 labels[y:y + n, x:x + n]) for i, (y, x) in enumerate(origins)]
+    return [Crop(images[i], targets_from_labels(labels[y:y + n, x:x + n]), emb[i], (y, x))
+            for i, (y, x) in enumerate(origins)]
 
 
 def sample_batch(crops: list[Crop], cfg: TrainConfig, stride: int, rng: np.random.Generator
@@ -182,10 +183,6 @@ def choose_thresholds(maps_by_image: list[tuple[np.ndarray, AnnotatedImage]], wo
 
 
 # --- the run ------------------------------------------------------------------------------------
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
           cache_dir: Path | None = None, images: tuple[str, ...] | None = None,
@@ -287,7 +284,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
             return head(torch.from_numpy(images_nchw), torch.from_numpy(
                 embeddings.astype(np.float32))).numpy()
 
-    train_maps = [(stitched_maps(cs, im, spec, maps_fn), im)
+    train_maps = [(stitched_maps(cs, maps_fn), im)
                   for cs, im in zip(crops_by_image, loaded)]
     ws, fit = choose_thresholds(train_maps, spec.mpp)
     head_path = work / HEAD_FILE
@@ -323,14 +320,16 @@ def head_state(head: CellHead, ws: WatershedConfig) -> dict[str, torch.Tensor]:
     return state
 
 
-def stitched_maps(crops: list[Crop], img: AnnotatedImage, spec: CellSamSpec,
-                  maps_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """(3,H,W) maps of the whole image at the model's µm/px from its cached crops."""
-    shape = pad_to(*img.at(spec.mpp), spec.input_px)[1].shape
+def stitched_maps(crops: list[Crop], maps_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                  ) -> np.ndarray:
+    """(3,H,W) maps of one whole (padded) work-frame image from its cached crops."""
+    n = crops[0].image.shape[-1]
+    shape = (max(c.origin[0] for c in crops) + n, max(c.origin[1] for c in crops) + n)
     maps = np.concatenate([maps_fn(np.stack([c.image for c in crops[i:i + 4]]),
                                    np.stack([c.embedding for c in crops[i:i + 4]]))
                            for i in range(0, len(crops), 4)])
-    return blend_crops(maps, crop_origins(shape, spec.input_px), shape)
+    return blend_crops(maps, [c.origin for c in crops], shape)
+
 
 
 @click.command()

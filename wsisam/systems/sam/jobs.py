@@ -80,6 +80,9 @@ class AutomaticJob(SlideJob):
     :class:`~wsisam.systems.sam.automatic.Detection`). The tissue mask and tile plan are
     computed from the thumbnail at construction."""
 
+    #: what a tile carries through the stages (a subclass may add fields)
+    work_type: type[TileWork] = TileWork
+
     def __init__(self, rt: Any, ctx: SlideContext, auto: AutoConfig | None = None) -> None:
         self.rt, self.ctx = rt, ctx
         self.auto = auto or auto_config(ctx.options)
@@ -132,7 +135,7 @@ class AutomaticJob(SlideJob):
                 Stage("filter", self._filter, queue_size=q)]
 
     def _read(self, tile: TileRequest) -> TileWork:
-        work = TileWork(tile)
+        work = self.work_type(tile)
         box = tuple(float(v) for v in tile.box_l0)
         try:
             work.rgb = read_region_at(self.ctx.reader, box, tile.size_px)
