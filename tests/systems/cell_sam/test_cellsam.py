@@ -106,6 +106,38 @@ def test_shipped_cellsam_finds_nuclei_on_cmu1(shipped_dir: Path, tmp_path: Path)
     assert report["objects"]["nuclei"] > 500  # CMU-1's small region holds thousands of nuclei
 
 
+def test_finer_head_exports_and_runs_at_its_own_mpp(tmp_path: Path) -> None:
+    """``upscale`` 2: parity of both graphs, and the nuclei job tiles the slide at the head's
+    µm/px and tile px (half and twice the encoder's), with the encoder fed the area-reduced
+    tile."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    import numpy as np
+
+    from wsisam.export.run import run_export
+    from wsisam.registry import get_model
+    from wsisam.runtime.preprocess import preprocess_image
+    from wsisam.runtime.segment import RunConfig, run_slide
+    from wsisam.systems.cell_sam.segment import tile_inputs
+
+    spec = get_model("test-cellsam-x2")
+    rgb = np.random.default_rng(0).integers(0, 256, (spec.head_px, spec.head_px, 3), np.uint8)
+    head_in, enc_in = tile_inputs(rgb, spec)
+    assert head_in.shape == (3, spec.head_px, spec.head_px)
+    small = rgb.reshape(spec.input_px, 2, spec.input_px, 2, 3).mean((1, 3))
+    want = preprocess_image(small.round().astype(np.uint8), spec.preprocess)[0]
+    assert np.abs(enc_in - want).max() < 0.02  # cv2 INTER_AREA rounds to uint8 itself
+
+    slide = need(DATA / "CMU-1-Small-Region.svs")
+    model_dir = tmp_path / "x2"
+    report = run_export("test-cellsam-x2", model_dir, parity_tiles=2)
+    assert report["parity"]["failures"] == []
+    run = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "out", model_dir=model_dir)).report
+    assert run["tiles"]["tile_px"] == spec.head_px == 2 * spec.input_px
+    assert run["automatic"]["work_mpp"] == spec.head_mpp == spec.mpp / 2
+    assert run["tiles"]["processed"] > 0 and "nuclei" in run["objects"]
+    assert {p.suffix for p in (tmp_path / "out").iterdir()} >= {".geojson", ".tif", ".png"}
+
+
 def _train_args(data: Path, out: Path, steps: int) -> list[str]:
     return [sys.executable, "-c", "from wsisam.cli import train_main; train_main()",
             "cellsam", "--data", str(data), "-o", str(out), "--model", "test-cellsam",

@@ -3,6 +3,7 @@ segment-anything keys) and the trained head (role ``head``), traced as two graph
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class CellSam(nn.Module):
 def load_head(spec: CellSamSpec, path: Path | None, source: str) -> tuple[CellHead, str | None]:
     """The head of ``spec`` with the weights of ``path`` loaded strictly (the shipped file's
     hash checked) and their sha256; None: seeded random."""
-    head = build_head(spec.head, spec.embed_dim, spec.embed_stride, spec.seed)
+    head = build_head(spec.head, spec.embed_dim, spec.head_stride, spec.seed)
     sha = None
     if path is not None:
         state, sha = read_pinned(spec, "head", path, source)
@@ -53,7 +54,7 @@ class CellSamExportPlan(ExportPlan):
 
     def graphs(self, model: CellSam) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         g = torch.Generator().manual_seed(1)
-        n, (h, w) = self.spec.input_px, self.spec.embed_hw
+        n, (h, w) = self.spec.head_px, self.spec.embed_hw
         head_inputs = (torch.randn(2, 3, n, n, generator=g),
                        torch.randn(2, self.spec.embed_dim, h, w, generator=g))
         return {"encoder": (EncoderGraph(model.sam), example_inputs(self.spec, "encoder")),
@@ -62,8 +63,6 @@ class CellSamExportPlan(ExportPlan):
     def details(self, provenance: dict[str, Any]) -> dict[str, Any]:
         fg, centre, boundary = provenance["watershed"]
         return {"head": provenance["head"], "embed_stride": self.spec.embed_stride,
-                "head_arch": {"widths": list(self.spec.head.widths),
-                              "fuse_dim": self.spec.head.fuse_dim,
-                              "use_embedding": self.spec.head.use_embedding},
+                "head_arch": asdict(self.spec.head), "head_mpp": self.spec.head_mpp,
                 "watershed": {"fg_thresh": fg, "centre_thresh": centre,
                               "boundary_thresh": boundary}}

@@ -1,9 +1,10 @@
 """CellSAM's trainable part in torch: a small full-resolution CNN encoder, fused with the frozen
 SAM-family image embedding, and a UNet decoder to three nucleus maps.
 
-Frames: ``image`` is the SAM-preprocessed tile (B, 3, n, n) at the model's µm/px (the same
-tensor the large encoder gets); ``image_embeddings`` is the large encoder's output
-(B, C, n/s, n/s) with ``s = spec.embed_stride``; ``maps`` (B, 3, n, n) in [0, 1] are
+Frames: ``image`` is the SAM-preprocessed tile (B, 3, n, n) at the head's µm/px
+(``spec.head_mpp``; n = ``spec.head_px``, the large encoder's input upscaled by
+``spec.head.upscale``); ``image_embeddings`` is the large encoder's output (B, C, n/s, n/s)
+with ``s = spec.head_stride``; ``maps`` (B, 3, n, n) in [0, 1] are
 foreground, centre distance and boundary distance (:mod:`wsisam.systems.cell_sam.instances`).
 """
 

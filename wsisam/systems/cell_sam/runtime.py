@@ -2,7 +2,8 @@
 
 ::
 
-    tile plan ─► read ─► prepare (SAM preprocessing) ─► encode (batched) ─► head (batched)
+    tile plan (head µm/px) ─► read ─► prepare (head input + the large encoder's, area-
+    reduced) ─► encode (batched) ─► head (batched)
               ─► instances (seeded watershed, tile px) ─► collect: seam ownership as in SAM's
               automatic mode, nuclei out as QuPath detections
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -23,9 +25,9 @@ from wsisam.errors import SlideError
 from wsisam.runtime.compare import Stats, random_images
 from wsisam.runtime.outputs import OutputSink
 from wsisam.runtime.pipeline import PipelineConfig, Stage
-from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.tissue import TissueTile
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
+from wsisam.systems.cell_sam.segment import tile_inputs
 from wsisam.systems.cell_sam.spec import CellSamSpec
 from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
 from wsisam.systems.sam.automatic import AutoConfig, Candidate, owned_detections
@@ -64,11 +66,13 @@ class CellSamRuntime(SystemRuntime):
     def compare_random(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
                        seed: int) -> dict[str, Any]:
         """Encoder, and the head on the reference embedding, on seeded random images."""
-        _, image = random_images(seed, spec.input_px)
+        rng, image = random_images(seed, spec.input_px)
         emb = ref.run("encoder", {"image": image})["image_embeddings"]
         enc, head = Stats(), Stats()
         enc.add(emb, test.run("encoder", {"image": image})["image_embeddings"])
-        feed = {"image": image, "image_embeddings": emb}
+        head_image = image if spec.head.upscale == 1 else rng.standard_normal(
+            (len(image), 3, spec.head_px, spec.head_px)).astype(np.float32)
+        feed = {"image": head_image, "image_embeddings": emb}
         head.add(ref.run("head", feed)["maps"], test.run("head", feed)["maps"])
         return {"encoder": enc.summary(), "head": head.summary()}
 
@@ -76,12 +80,15 @@ class CellSamRuntime(SystemRuntime):
     def compare_tiles(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
                       tiles: list[TissueTile], decoder_only: bool = True) -> dict[str, Any]:
         """Real tissue tiles: encoder, head alone (reference embedding into both) and the chain
-        (``maps``; its mask IoU is the foreground's, maps[0] > 0.5)."""
+        (``maps``; its mask IoU is the foreground's, maps[0] > 0.5). Tiles come at the model
+        input's µm/px; for a finer head they are upsampled to ``head_px`` (bilinear)."""
         enc, head_only, chain = Stats(), Stats(), Stats()
         for tile in tiles:
-            image = preprocess_image(tile.rgb, spec.preprocess)[0][None]
-            e_ref = ref.run("encoder", {"image": image})["image_embeddings"]
-            e_got = test.run("encoder", {"image": image})["image_embeddings"]
+            rgb = tile.rgb if spec.head.upscale == 1 else cv2.resize(
+                tile.rgb, (spec.head_px, spec.head_px), interpolation=cv2.INTER_LINEAR)
+            image, enc_image = (a[None] for a in tile_inputs(rgb, spec))
+            e_ref = ref.run("encoder", {"image": enc_image})["image_embeddings"]
+            e_got = test.run("encoder", {"image": enc_image})["image_embeddings"]
             enc.add(e_ref, e_got)
             m_ref = ref.run("head", {"image": image, "image_embeddings": e_ref})["maps"]
             if decoder_only:
@@ -99,7 +106,8 @@ class CellSamRuntime(SystemRuntime):
 
 @dataclass
 class NucleusWork(TileWork):
-    maps: np.ndarray | None = None  # (3, n, n) head output
+    encoder_image: np.ndarray | None = None  # (3, n, n) large-encoder input
+    maps: np.ndarray | None = None  # (3, head_px, head_px) head output
 
 
 def tile_candidates(maps: np.ndarray, work_mpp: float, ws: WatershedConfig) -> list[Candidate]:
@@ -138,17 +146,20 @@ class NucleiJob(AutomaticJob):
                 Stage("head", self._head, queue_size=max(q, b), batch_size=b),
                 Stage("instances", self._instances, queue_size=q)]
 
+    def tile_frame(self) -> tuple[float, int]:
+        return self.rt.spec.head_mpp, self.rt.spec.head_px
+
     def _prepare(self, work: NucleusWork) -> NucleusWork:  # type: ignore[override]
         if not work.error:
-            work.image, work.geom = preprocess_image(work.rgb, self.rt.spec.preprocess)
+            work.image, work.encoder_image = tile_inputs(work.rgb, self.rt.spec)
         work.rgb = None
         return work
 
     def _encode(self, batch: list[NucleusWork]) -> list[NucleusWork]:  # type: ignore[override]
-        todo = [w for w in batch if w.image is not None]
+        todo = [w for w in batch if w.encoder_image is not None]
         if todo:
-            for w, e in zip(todo, self.rt.encode(np.stack([w.image for w in todo]))):
-                w.embedding = e
+            for w, e in zip(todo, self.rt.encode(np.stack([w.encoder_image for w in todo]))):
+                w.embedding, w.encoder_image = e, None
         return batch
 
     def _head(self, batch: list[NucleusWork]) -> list[NucleusWork]:
@@ -162,7 +173,7 @@ class NucleiJob(AutomaticJob):
 
     def _instances(self, work: NucleusWork) -> NucleusWork:
         if work.maps is not None:
-            cands = tile_candidates(work.maps, self.rt.spec.mpp, self.ws)
+            cands = tile_candidates(work.maps, self.work_mpp, self.ws)
             work.detections = owned_detections(work.tile, cands)
             work.counts = {"prompts": 1, "passed_filters": len(cands), "after_nms": len(cands),
                            "owned": len(work.detections)}
@@ -176,7 +187,7 @@ class NucleiJob(AutomaticJob):
                             "watershed": {k: getattr(self.ws, k) for k in
                                           ("fg_thresh", "centre_thresh", "boundary_thresh",
                                            "min_object_um2")},
-                            "work_mpp": self.rt.spec.mpp}
+                            "work_mpp": self.work_mpp}
         out["objects"] = {"class": self.auto.object_class, "count": c["objects"],
                           "nuclei": c["objects"], "instances_in_tiles": c["passed_filters"],
                           "owned": c["owned"], "seam_duplicates_removed": c["seam_duplicates"]}

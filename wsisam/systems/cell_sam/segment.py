@@ -12,10 +12,25 @@ import math
 import cv2
 import numpy as np
 
+from wsisam.runtime.preprocess import preprocess_image
 from wsisam.systems.cell_sam.data import AnnotatedImage
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
+from wsisam.systems.cell_sam.spec import CellSamSpec
 
 MIN_OVERLAP_FRAC = 0.25
+
+
+def tile_inputs(rgb: np.ndarray, spec: CellSamSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One tile (head_px, head_px, 3) uint8 RGB at ``spec.head_mpp`` → (head input
+    (3, head_px, head_px), large-encoder input (3, input_px, input_px)), both SAM-preprocessed.
+    The encoder's is the tile area-reduced by ``spec.head.upscale`` (the same tensor at 1)."""
+    head, _ = preprocess_image(rgb, spec.head_preprocess)
+    if spec.head.upscale == 1:
+        return head, head
+    n = spec.input_px
+    small = cv2.resize(rgb, (n * rgb.shape[1] // spec.head_px, n * rgb.shape[0] // spec.head_px),
+                       interpolation=cv2.INTER_AREA)
+    return head, preprocess_image(small, spec.preprocess)[0]
 
 
 def axis_origins(length: int, n: int) -> list[int]:

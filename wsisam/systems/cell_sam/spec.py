@@ -8,11 +8,11 @@ head, shipped in the package for ``cellsam``; ``wsisam-train cellsam`` makes a n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wsisam.errors import ConfigError
-from wsisam.registry import (GraphSpec, OptionSpec, SystemEntry, TensorSpec, Tolerances,
-                             WeightsSource, get_model, register, register_system)
+from wsisam.registry import (GraphSpec, OptionSpec, Preprocess, SystemEntry, TensorSpec,
+                             Tolerances, WeightsSource, get_model, register, register_system)
 from wsisam.systems.sam.spec import SamSpec
 
 SYSTEM = register_system(SystemEntry(
@@ -26,11 +26,14 @@ HEAD_FILE = "cellsam_head.pt"
 @dataclass(frozen=True)
 class HeadArch:
     """The trainable part: small-encoder widths per stride (1, 2, 4, …), the channels the large
-    embedding is reduced to before fusion, and whether it is fused at all (the ablation)."""
+    embedding is reduced to before fusion, whether it is fused at all (the ablation), and
+    ``upscale``: head-input px per large-encoder-input px (2: the small encoder and the maps at
+    twice the large encoder's resolution, e.g. 0.25 µm/px beside LiteMedSAM's 0.5)."""
 
     widths: tuple[int, ...] = (16, 32, 48, 64)
     fuse_dim: int = 32
     use_embedding: bool = True
+    upscale: int = 1
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,28 @@ class CellSamSpec(SamSpec):
         """Model-input px per embedding cell."""
         return self.input_px // self.embed_hw[0]
 
+    @property
+    def head_px(self) -> int:
+        """Side of the head's input and maps: the tile px of the nuclei runtime."""
+        return self.input_px * self.head.upscale
+
+    @property
+    def head_mpp(self) -> float:
+        """µm/px of the head's input and maps (the work frame of nuclei)."""
+        return self.mpp / self.head.upscale
+
+    @property
+    def head_stride(self) -> int:
+        """Head-input px per embedding cell."""
+        return self.embed_stride * self.head.upscale
+
+    @property
+    def head_preprocess(self) -> Preprocess:
+        """The SAM preprocessing at the head's input size."""
+        return replace(self.preprocess, input_px=self.head_px)
+
     def head_graph(self) -> GraphSpec:
-        n, (h, w) = self.input_px, self.embed_hw
+        n, (h, w) = self.head_px, self.embed_hw
         return GraphSpec(
             name="head",
             inputs=(TensorSpec("image", "float32", ("batch", 3, n, n)),
@@ -100,4 +123,11 @@ register(cellsam_spec(
     head=HeadArch(widths=(8, 12, 16), fuse_dim=8),
     weights={"sam": WeightsSource(kind="random"), "head": WeightsSource(kind="random")},
     seed=2468,
+))
+register(cellsam_spec(
+    _TINY, name="test-cellsam-x2",
+    description="test config: CellSAM head at twice the test TinyViT's resolution, random weights",
+    head=HeadArch(widths=(8, 12, 16, 16), fuse_dim=8, upscale=2),
+    weights={"sam": WeightsSource(kind="random"), "head": WeightsSource(kind="random")},
+    seed=2469,
 ))

@@ -30,13 +30,13 @@ from torch.nn import functional as F
 from wsisam.runtime.writers.report import write_json
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
-from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.segment import peak_rss_mb
 from wsisam.systems.cell_sam.data import AnnotatedImage, find_pairs, load_image
 from wsisam.systems.cell_sam.instances import WatershedConfig, targets_from_labels
 from wsisam.systems.cell_sam.metrics import mean_scores, score
 from wsisam.systems.cell_sam.model_torch import CellHead, build_head
-from wsisam.systems.cell_sam.segment import blend_crops, crop_origins, instances_at_image
+from wsisam.systems.cell_sam.segment import (blend_crops, crop_origins, instances_at_image,
+                                             tile_inputs)
 from wsisam.systems.cell_sam.spec import HEAD_FILE, CellSamSpec
 from wsisam.systems.sam.export import load_model
 
@@ -65,9 +65,9 @@ class TrainConfig:
 
 @dataclass
 class Crop:
-    """One encoder-sized crop: ``image`` (3,n,n) float32 preprocessed, ``targets`` (3,n,n),
-    ``embedding`` (C,h,w) float16, ``origin`` (y, x) of its top-left in the padded work-frame
-    image."""
+    """One head-sized crop: ``image`` (3,n,n) float32 preprocessed (n = ``spec.head_px``),
+    ``targets`` (3,n,n), ``embedding`` (C,h,w) float16, ``origin`` (y, x) of its top-left in the
+    padded work-frame (head µm/px) image."""
 
     image: np.ndarray
     targets: np.ndarray
@@ -89,18 +89,20 @@ def pad_to(rgb: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.
 
 def image_crops(img: AnnotatedImage, spec: CellSamSpec,
                 encode: Callable[[np.ndarray], np.ndarray], cache_dir: Path) -> list[Crop]:
-    """The encoder-sized crops of one image at the model's µm/px, embeddings from the cache."""
-    rgb, labels = pad_to(*img.at(spec.mpp), spec.input_px)
-    n = spec.input_px
+    """The head-sized crops of one image at the head's µm/px, embeddings from the cache."""
+    rgb, labels = pad_to(*img.at(spec.head_mpp), spec.head_px)
+    n = spec.head_px
     origins = crop_origins(labels.shape, n)
-    images = np.stack([preprocess_image(rgb[y:y + n, x:x + n], spec.preprocess)[0]
-                       for y, x in origins])
-    key = hashlib.sha256(img.rgb.tobytes() + f"{spec.name}:{img.mpp}:{spec.mpp}".encode())
+    pairs = [tile_inputs(rgb[y:y + n, x:x + n], spec) for y, x in origins]
+    images = np.stack([h for h, _ in pairs])
+    key = hashlib.sha256(img.rgb.tobytes() + f"{spec.name}:{img.mpp}:{spec.head_mpp}:"
+                         f"{spec.head.upscale}".encode())
     path = cache_dir / f"{img.stem}-{key.hexdigest()[:12]}.npy"
     if path.is_file():
         emb = np.load(path)
     else:
-        emb = np.concatenate([encode(images[i:i + 4]) for i in range(0, len(images), 4)])
+        enc = np.stack([e for _, e in pairs])
+        emb = np.concatenate([encode(enc[i:i + 4]) for i in range(0, len(enc), 4)])
         emb = emb.astype(np.float16)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -204,8 +206,8 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
     model_dir = Path(model_dir)
     if model_dir.exists():
         raise ConfigError(f"{model_dir} already exists; choose a new MODEL_DIR (or remove it)")
-    if cfg.crop_px % spec.embed_stride:
-        raise ConfigError(f"crop_px must be a multiple of {spec.embed_stride}")
+    if cfg.crop_px % spec.head_stride:
+        raise ConfigError(f"crop_px must be a multiple of {spec.head_stride}")
     pairs = find_pairs(data_dir)
     if images is not None:
         missing = sorted(set(images) - {p.stem for p, _ in pairs})
@@ -231,7 +233,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
     crops = [c for cs in crops_by_image for c in cs]
     t_cache = time.perf_counter() - t0
 
-    head = build_head(spec.head, spec.embed_dim, spec.embed_stride, cfg.seed, training=True)
+    head = build_head(spec.head, spec.embed_dim, spec.head_stride, cfg.seed, training=True)
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
@@ -253,7 +255,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
     bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress)
     running: dict[str, float] = {}
     while step < cfg.steps:
-        image, emb, tgt = sample_batch(crops, cfg, spec.embed_stride, rng)
+        image, emb, tgt = sample_batch(crops, cfg, spec.head_stride, rng)
         parts = losses(head, image, emb, tgt, cfg)
         opt.zero_grad()
         parts["total"].backward()
@@ -286,7 +288,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
 
     train_maps = [(stitched_maps(cs, maps_fn), im)
                   for cs, im in zip(crops_by_image, loaded)]
-    ws, fit = choose_thresholds(train_maps, spec.mpp)
+    ws, fit = choose_thresholds(train_maps, spec.head_mpp)
     head_path = work / HEAD_FILE
     torch.save(head_state(head, ws), head_path)
     report = {
@@ -296,7 +298,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
                                                           if p.requires_grad) -
                  sum(p.numel() for p in head.distill.parameters()),
                  "file_bytes": head_path.stat().st_size},
-        "crops": len(crops), "crop_px": spec.input_px, "work_mpp": spec.mpp,
+        "crops": len(crops), "crop_px": spec.head_px, "work_mpp": spec.head_mpp,
         "watershed": asdict(ws), "train_fit_scores": {k: round(v, 4) for k, v in fit.items()},
         "losses": history, "resumed_from_step": resumed_from,
         "seconds": {"embeddings": round(t_cache, 1), "training": round(t_train, 1),

@@ -88,8 +88,9 @@ class AutomaticJob(SlideJob):
         self.auto = auto or auto_config(ctx.options)
         spec = rt.spec
         self.fluorescence = is_fluorescence(ctx.thumb)
-        self.sizes = TileSizes.of(self.auto, spec.mpp)
-        self.tiles = plan_tiles(ctx.level0_wh, ctx.slide_mpp, spec.mpp, spec.input_px,
+        self.work_mpp, self.tile_px = self.tile_frame()
+        self.sizes = TileSizes.of(self.auto, self.work_mpp)
+        self.tiles = plan_tiles(ctx.level0_wh, ctx.slide_mpp, self.work_mpp, self.tile_px,
                                 self.sizes.overlap_px, tissue_mask=ctx.tissue,
                                 min_tissue=self.auto.min_tissue,
                                 level_downsamples=tuple(ctx.reader.level_downsamples))
@@ -99,12 +100,16 @@ class AutomaticJob(SlideJob):
                        "passed_filters": 0, "after_nms": 0, "owned": 0, "seam_duplicates": 0,
                        "objects": 0}
         side_l0 = (self.tiles[0].box_l0[2] - self.tiles[0].box_l0[0]) if self.tiles else 1
-        self.margin_l0 = side_l0 * self.sizes.overlap_px / max(spec.input_px, 1)
+        self.margin_l0 = side_l0 * self.sizes.overlap_px / max(self.tile_px, 1)
         self.dedup = SeamDeduper(cell_l0=side_l0, margin_l0=self.margin_l0)
         self.pending = _PendingRows(self.tiles)
 
+    def tile_frame(self) -> tuple[float, int]:
+        """(µm/px, side px) of the tiles: the model input's (a subclass may work finer)."""
+        return self.rt.spec.mpp, self.rt.spec.input_px
+
     def label_mpp(self) -> float:
-        return self.rt.spec.mpp
+        return self.work_mpp
 
     def units(self) -> list[TileRequest]:
         return self.tiles
@@ -234,7 +239,7 @@ class AutomaticJob(SlideJob):
                        "thumbnail_fraction": round(float(self.ctx.tissue.mean()), 4)},
             "tiles": {"planned": len(self.tiles), "processed": c["tiles"],
                       "without_prompts": c["tiles_without_prompts"], "skipped": self.skipped,
-                      "tile_px": self.rt.spec.input_px, "overlap_px": self.sizes.overlap_px},
+                      "tile_px": self.tile_px, "overlap_px": self.sizes.overlap_px},
             "objects": {"class": self.auto.object_class, "count": c["objects"],
                         "prompts_decoded": c["prompts"], "passed_filters": c["passed_filters"],
                         "after_nms": c["after_nms"], "owned": c["owned"],
