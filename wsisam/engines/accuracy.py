@@ -42,6 +42,7 @@ def gate_failures(result: dict[str, Any], mask_iou_min: float) -> list[str]:
     if iou is None:
         return ["no box prompts on the held-out tiles: the gate could not be measured"]
     if iou < mask_iou_min:
-        return [(f"mean mask IoU vs fp32 {iou:.4f} < {mask_iou_min} on {result['prompts']} "
-                 f"prompts of {result['tiles']} held-out tiles")]
+        on = f"{result['prompts']} prompts of " if "prompts" in result else ""
+        return [f"mean mask IoU vs fp32 {iou:.4f} < {mask_iou_min} on {on}{result['tiles']} "
+                f"held-out tiles"]
     return []

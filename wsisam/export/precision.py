@@ -170,8 +170,10 @@ def _manifest(spec: SystemSpec, precision: str, fp32_manifest: dict[str, Any],
         "graphs": {g: graph_entry(spec, g, fs) | {"precision": report["graphs"][g]["precision"]}
                    for g, fs in files.items()},
         "versions": report["versions"], "calibration": report["calibration"],
+        # a system without prompts (nuclei maps) has no "prompts" count
         "accuracy_vs_fp32": {k: report["accuracy_vs_fp32"][k] for k in
-                             ("tiles", "prompts", "embedding", "mask_logits", "gate")},
+                             ("tiles", "prompts", "embedding", "mask_logits", "gate")
+                             if k in report["accuracy_vs_fp32"]},
         "derived_from": {g: e["files"] for g, e in fp32_manifest["graphs"].items()},
         "keep_float_extra": report["keep_float_extra"],
     }

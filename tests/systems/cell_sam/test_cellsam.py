@@ -138,6 +138,26 @@ def test_finer_head_exports_and_runs_at_its_own_mpp(tmp_path: Path) -> None:
     assert {p.suffix for p in (tmp_path / "out").iterdir()} >= {".geojson", ".tif", ".png"}
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_precision_path_gates_the_nuclei_maps(precision: str, tmp_path: Path) -> None:
+    """FP16/INT8 through the shared precision path: derived from the FP32 export, calibrated
+    (INT8) on real tiles, gated on the foreground mask IoU of the maps vs FP32 on held-out
+    tiles, and opened by the runtime at that precision."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from wsisam.artifacts import check_manifest, read_manifest
+    from wsisam.export.run import run_export
+
+    slides = [need(DATA / "CMU-1-Small-Region.svs"), need(DATA / "tcga-cr-7395-01a-01-ts1.svs")]
+    out = tmp_path / precision
+    report = run_export("test-cellsam", out, parity_slides=[], precision=precision,
+                        calib=slides, calib_tiles=8)
+    gate = report["accuracy_vs_fp32"]["gate"]
+    assert gate["passed"] and report["accuracy_vs_fp32"]["mask_logits"]["mask_iou_mean"] >= \
+        gate["mask_iou_mean_min"]
+    assert report["graphs"]["encoder"]["precision"] == precision
+    check_manifest(out, read_manifest(out), model="test-cellsam", precision=precision)
+
+
 def _train_args(data: Path, out: Path, steps: int) -> list[str]:
     return [sys.executable, "-c", "from wsisam.cli import train_main; train_main()",
             "cellsam", "--data", str(data), "-o", str(out), "--model", "test-cellsam",
