@@ -14,7 +14,7 @@ from wsisam.export.weights import load_weights, read_pinned, resolve_weights
 from wsisam.systems.cell_sam.model_torch import CellHead, build_head
 from wsisam.systems.cell_sam.spec import CellSamSpec
 from wsisam.systems.contract import ExportPlan
-from wsisam.systems.sam.export import EncoderGraph, example_inputs, load_model
+from wsisam.systems.sam.export import DecoderGraph, EncoderGraph, example_inputs, load_model
 from wsisam.systems.sam.modeling import Sam
 
 
@@ -58,7 +58,8 @@ class CellSamExportPlan(ExportPlan):
         head_inputs = (torch.randn(2, 3, n, n, generator=g),
                        torch.randn(2, self.spec.embed_dim, h, w, generator=g))
         return {"encoder": (EncoderGraph(model.sam), example_inputs(self.spec, "encoder")),
-                "head": (model.head, head_inputs)}
+                "head": (model.head, head_inputs),
+                "decoder": (DecoderGraph(model.sam), example_inputs(self.spec, "decoder"))}
 
     def details(self, provenance: dict[str, Any]) -> dict[str, Any]:
         fg, centre, boundary = provenance["watershed"]

@@ -27,23 +27,22 @@ from wsisam.runtime.outputs import OutputSink
 from wsisam.runtime.pipeline import PipelineConfig, Stage
 from wsisam.runtime.tissue import TissueTile
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
+from wsisam.systems.cell_sam.fusion import TERRITORY_UM, fuse, sam_masks
 from wsisam.systems.cell_sam.segment import tile_inputs
 from wsisam.systems.cell_sam.spec import CellSamSpec
-from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
+from wsisam.systems.contract import GraphSet, SlideContext, SlideJob
 from wsisam.systems.sam.automatic import AutoConfig, Candidate, owned_detections
 from wsisam.systems.sam.jobs import AutomaticJob, TileWork
+from wsisam.systems.sam.runtime import SamRuntime
 
 METHOD = "cellsam-head-watershed"
 
 
-class CellSamRuntime(SystemRuntime):
-    """``encode`` tiles with the SAM encoder, ``maps`` from the head, instances by watershed."""
+class CellSamRuntime(SamRuntime):
+    """``encode`` tiles with the SAM encoder, ``maps`` from the head, instances by watershed;
+    SAM's ``decode`` for mask fusion."""
 
     spec: CellSamSpec
-
-    def encode(self, images_nchw: np.ndarray) -> np.ndarray:
-        """(B, 3, n, n) float32 preprocessed → (B, C, h, w) image embeddings."""
-        return self.graphs.run("encoder", {"image": images_nchw})["image_embeddings"]
 
     def maps(self, images_nchw: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """(B, 3, n, n) preprocessed tiles and their embeddings → (B, 3, n, n) maps in [0, 1]."""
@@ -65,16 +64,17 @@ class CellSamRuntime(SystemRuntime):
     @classmethod
     def compare_random(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
                        seed: int) -> dict[str, Any]:
-        """Encoder, and the head on the reference embedding, on seeded random images."""
+        """SAM's encoder and decoder cases, and the head on the reference embedding, on seeded
+        random images."""
+        out = SamRuntime.compare_random(spec, ref, test, seed)
         rng, image = random_images(seed, spec.input_px)
         emb = ref.run("encoder", {"image": image})["image_embeddings"]
-        enc, head = Stats(), Stats()
-        enc.add(emb, test.run("encoder", {"image": image})["image_embeddings"])
+        head = Stats()
         head_image = image if spec.head.upscale == 1 else rng.standard_normal(
             (len(image), 3, spec.head_px, spec.head_px)).astype(np.float32)
         feed = {"image": head_image, "image_embeddings": emb}
         head.add(ref.run("head", feed)["maps"], test.run("head", feed)["maps"])
-        return {"encoder": enc.summary(), "head": head.summary()}
+        return {**out, "head": head.summary()}
 
     @classmethod
     def compare_tiles(cls, spec: CellSamSpec, ref: GraphSet, test: GraphSet,
@@ -110,9 +110,9 @@ class NucleusWork(TileWork):
     maps: np.ndarray | None = None  # (3, head_px, head_px) head output
 
 
-def tile_candidates(maps: np.ndarray, work_mpp: float, ws: WatershedConfig) -> list[Candidate]:
-    """(3, n, n) maps of one tile → its nuclei (tile px), scored by mean foreground."""
-    labels = maps_to_instances(maps, work_mpp, ws)
+def tile_candidates(labels: np.ndarray, maps: np.ndarray) -> list[Candidate]:
+    """(n, n) nuclei labels and (3, n, n) maps of one tile → its nuclei (tile px), scored by
+    mean foreground."""
     cands = []
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
@@ -136,6 +136,7 @@ class NucleiJob(AutomaticJob):
                              f"trained on H&E brightfield: use --model litemedsam")
         self.ws = rt.watershed({k: ctx.options.get(k) for k in
                                 ("fg_thresh", "centre_thresh", "boundary_thresh")})
+        self.fusion = ctx.options.get("fusion") or "off"
 
     def stages(self) -> list[Stage]:
         pipe: PipelineConfig = self.ctx.pipeline
@@ -168,17 +169,30 @@ class NucleiJob(AutomaticJob):
             maps = self.rt.maps(np.stack([w.image for w in todo]),
                                 np.stack([w.embedding for w in todo]))
             for w, m in zip(todo, maps):
-                w.maps, w.image, w.embedding = m, None, None
+                w.maps, w.image = m, None
+                if self.fusion == "off":
+                    w.embedding = None
         return batch
 
     def _instances(self, work: NucleusWork) -> NucleusWork:
         if work.maps is not None:
-            cands = tile_candidates(work.maps, self.work_mpp, self.ws)
+            labels = maps_to_instances(work.maps, self.work_mpp, self.ws)
+            if self.fusion != "off":
+                labels = self._fused(labels, work)
+            cands = tile_candidates(labels, work.maps)
             work.detections = owned_detections(work.tile, cands)
             work.counts = {"prompts": 1, "passed_filters": len(cands), "after_nms": len(cands),
                            "owned": len(work.detections)}
-            work.maps = None
+            work.maps = work.embedding = None
         return work
+
+    def _fused(self, labels: np.ndarray, work: NucleusWork) -> np.ndarray:
+        """The tile's nuclei with SAM decoder masks fused in (:mod:`.fusion`)."""
+        emb = work.embedding[None]
+        ids, logits, scores = sam_masks(
+            labels, lambda c, lab: self.rt.decode(emb, c, lab), 1 / self.rt.spec.head.upscale)
+        return fuse(labels, work.maps[0], ids, logits, scores, TERRITORY_UM / self.work_mpp,
+                    self.fusion)
 
     def finish(self, sink: OutputSink, seconds: float) -> dict[str, Any]:
         out = super().finish(sink, seconds)
@@ -187,7 +201,7 @@ class NucleiJob(AutomaticJob):
                             "watershed": {k: getattr(self.ws, k) for k in
                                           ("fg_thresh", "centre_thresh", "boundary_thresh",
                                            "min_object_um2")},
-                            "work_mpp": self.work_mpp}
+                            "work_mpp": self.work_mpp, "fusion": self.fusion}
         out["objects"] = {"class": self.auto.object_class, "count": c["objects"],
                           "nuclei": c["objects"], "instances_in_tiles": c["passed_filters"],
                           "owned": c["owned"], "seam_duplicates_removed": c["seam_duplicates"]}

@@ -84,15 +84,21 @@ class CellSamSpec(SamSpec):
         )
 
     def graphs(self) -> dict[str, GraphSpec]:
-        return {"encoder": self.encoder_graph(), "head": self.head_graph()}
+        # SAM's decoder rides along for mask fusion (-O fusion=…)
+        return {"encoder": self.encoder_graph(), "head": self.head_graph(),
+                "decoder": self.decoder_graph()}
 
 
 CELLSAM_OPTIONS = (
     OptionSpec("fg_thresh", None, "foreground threshold (default: the trained model's)", "float"),
     OptionSpec("centre_thresh", None, "seed threshold on the centre-distance map", "float"),
     OptionSpec("boundary_thresh", None, "seed threshold on the boundary-distance map", "float"),
+    OptionSpec("fusion", "off", "fuse each nucleus's mask with SAM's decoder mask prompted with "
+               "its box: off, sam or mean (one decoder pass per nucleus)",
+               choices=("off", "sam", "mean")),
 )
-CELLSAM_TOLERANCES = Tolerances(max_abs={"encoder": 1e-4, "head": 1e-4, "maps": 1e-4},
+CELLSAM_TOLERANCES = Tolerances(max_abs={"encoder": 1e-4, "head": 1e-4, "maps": 1e-4,
+                                         "decoder_logits": 1e-3},
                                 mask_iou_min=0.99)
 
 
