@@ -8,7 +8,7 @@ frame and scored against the annotations (IoU > 0.5 matching; PQ, AJI, pixel Dic
 Split (``wsisam.systems.cell_sam``): evaluation = EVAL_IMAGES (3 images; never trained on).
 
     python bench/cellsam_eval.py --sam-dir MODELS/litemedsam --cellsam-dir MODELS/cellsam \
-        --out bench/results/cellsam_eval.json
+        --fusion mean sam --out bench/results/cellsam_eval.json
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--sam-dir", type=Path, help="exported litemedsam (method a)")
     ap.add_argument("--cellsam-dir", type=Path, action="append", default=[],
                     help="exported CellSAM model(s) (method c); repeatable")
+    ap.add_argument("--fusion", nargs="*", default=[], choices=("sam", "mean"),
+                    help="also run each CellSAM model with -O fusion=RULE")
     ap.add_argument("--images", nargs="*", default=list(EVAL_IMAGES))
     ap.add_argument("--out", type=Path, default=Path("bench/results/cellsam_eval.json"))
     args = ap.parse_args()
@@ -75,6 +77,9 @@ def main() -> None:
         methods["sam_automatic_boxes"] = lambda im: runtime_labels(args.sam_dir, im)
     for d in args.cellsam_dir:
         methods[f"cellsam:{d.name}"] = lambda im, d=d: runtime_labels(d, im)
+        for rule in args.fusion:
+            methods[f"cellsam:{d.name}+fusion={rule}"] = \
+                lambda im, d=d, r=rule: runtime_labels(d, im, {"fusion": r})
     results: dict[str, Any] = {"split": {"eval": args.images}, "machine": machine_info(),
                                "methods": {}}
     for name, fn in methods.items():

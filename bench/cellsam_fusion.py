@@ -15,6 +15,7 @@ Split (``wsisam.systems.cell_sam``): EVAL_IMAGES only; the head was trained on T
 Torch models on the CPU (this measures quality; the cost is the decoder time per nucleus).
 
     python bench/cellsam_fusion.py --model cellsam --out bench/results/cellsam_fusion.json
+    python bench/cellsam_fusion.py --upscale 2 --head HEAD_X2.pt --out ...  # a 0.25 µm/px head
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +37,7 @@ from skimage.segmentation import expand_labels
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine_info  # noqa: E402
 
-from wsisam.registry import get_model  # noqa: E402
+from wsisam.registry import WeightsSource, get_model, register  # noqa: E402
 from wsisam.runtime.preprocess import boxes_to_prompts, preprocess_image  # noqa: E402
 from wsisam.systems.cell_sam import EVAL_IMAGES  # noqa: E402
 from wsisam.systems.cell_sam.data import AnnotatedImage, annotation_for, load_image  # noqa: E402
@@ -146,10 +148,17 @@ def main() -> None:
     ap.add_argument("--images", nargs="*", default=list(EVAL_IMAGES))
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/wsisam/cellsam-emb")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cellsam_fusion.json"))
+    ap.add_argument("--upscale", type=int, default=1,
+                    help="head at this many times the encoder's resolution (a head trained so; "
+                         "registered here in-process as MODEL-xN)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = get_model(args.model)
     assert isinstance(spec, CellSamSpec)
+    if args.upscale != spec.head.upscale:
+        spec = register(replace(spec, name=f"{spec.name}-x{args.upscale}",
+                                head=replace(spec.head, upscale=args.upscale),
+                                weights={**spec.weights, "head": WeightsSource(kind="random")}))
     from wsisam.export.weights import resolve_weights
     path, source = resolve_weights(spec, "head", args.head, False)
     head, sha = load_head(spec, path, source)
