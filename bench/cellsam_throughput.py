@@ -21,9 +21,11 @@ from common import CMU, machine_info  # noqa: E402
 from wsisam.runtime.segment import RunConfig, run_slide  # noqa: E402
 
 
-def one_run(model_dir: Path, slide: Path) -> dict[str, float]:
+def one_run(model_dir: Path, slide: Path, options: dict[str, str] | None = None
+            ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        r = run_slide(RunConfig(slide=slide, out_dir=Path(tmp) / "out", model_dir=model_dir)).report
+        r = run_slide(RunConfig(slide=slide, out_dir=Path(tmp) / "out", model_dir=model_dir,
+                                options=options or {})).report
     return {"tiles_per_s": r["throughput"]["tiles_per_s"],
             "tissue_mm2_per_s": r["throughput"]["tissue_mm2_per_s"],
             "objects": r["objects"]["count"], "segment_s": r["timings_s"]["segment"],
@@ -36,17 +38,23 @@ def main() -> None:
     ap.add_argument("--cellsam-dir", type=Path, required=True)
     ap.add_argument("--slide", type=Path, default=CMU)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--fusion", choices=("sam", "mean"),
+                    help="also time CellSAM with -O fusion=RULE (a decoder pass per nucleus)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cellsam_throughput.json"))
     args = ap.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {"sam_boxes": [], "cellsam": []}
+    arms = [("sam_boxes", args.sam_dir, None), ("cellsam", args.cellsam_dir, None)]
+    if args.fusion:
+        arms.append((f"cellsam_fusion_{args.fusion}", args.cellsam_dir, {"fusion": args.fusion}))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in arms}
     for i in range(args.repeats):
-        for name, d in (("sam_boxes", args.sam_dir), ("cellsam", args.cellsam_dir)):
-            runs[name].append(one_run(d, args.slide))
+        for name, d, opts in arms:
+            runs[name].append(one_run(d, args.slide, opts))
             print(f"run {i} {name:10s} {runs[name][-1]}", flush=True)
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("tiles_per_s", "tissue_mm2_per_s")}
            for n, rs in runs.items()}
-    ratio = {k: round(med["cellsam"][k] / med["sam_boxes"][k], 2) for k in med["cellsam"]}
-    print(f"median: {med}; cellsam / sam_boxes: {ratio}")
+    ratio = {n: {k: round(med[n][k] / med["sam_boxes"][k], 2) for k in med[n]}
+             for n in med if n != "sam_boxes"}
+    print(f"median: {med}; ratio to sam_boxes: {ratio}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"slide": str(args.slide), "machine": machine_info(),
                                     "runs": runs, "median": med, "ratio": ratio}, indent=1))

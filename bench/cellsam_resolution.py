@@ -1,0 +1,107 @@
+"""CellSAM design choices, each trained with the same recipe and scored on the held-out images:
+the head's resolution (``--upscale`` 1: 0.5 µm/px, LiteMedSAM's own; 2: 0.25 µm/px beside the
+encoder's 0.5), and the ablations ``--no-embedding`` (no large-encoder fusion) and
+``--distill-weight 0`` (no feature distillation).
+
+Training: ``wsisam.systems.cell_sam.train.train`` on TRAIN_IMAGES (thresholds chosen there),
+not exported. Scoring: the trained head's blended whole-image maps (the same path as the
+training report's train-fit scores) on EVAL_IMAGES, IoU > 0.5 matching.
+
+    python bench/cellsam_resolution.py --upscale 2 --steps 1200 --out bench/results/res_x2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, machine_info  # noqa: E402
+
+from wsisam.registry import WeightsSource, get_model, register  # noqa: E402
+from wsisam.systems.cell_sam import EVAL_IMAGES, TRAIN_IMAGES  # noqa: E402
+from wsisam.systems.cell_sam.data import annotation_for, load_image  # noqa: E402
+from wsisam.systems.cell_sam.export import load_head  # noqa: E402
+from wsisam.systems.cell_sam.instances import WatershedConfig  # noqa: E402
+from wsisam.systems.cell_sam.metrics import mean_scores, score  # noqa: E402
+from wsisam.systems.cell_sam.segment import instances_at_image  # noqa: E402
+from wsisam.systems.cell_sam.spec import HEAD_FILE, CellSamSpec  # noqa: E402
+from wsisam.systems.cell_sam.train import TrainConfig, image_crops, stitched_maps, train  # noqa: E402
+from wsisam.systems.sam.export import load_model  # noqa: E402
+
+MONUSEG = DATA / "monuseg-train"
+
+
+def variant(base: str, upscale: int, use_embedding: bool) -> CellSamSpec:
+    """``base`` with the head at ``upscale``, registered in-process (random head weights)."""
+    spec = get_model(base)
+    assert isinstance(spec, CellSamSpec)
+    name = f"{base}-x{upscale}"  # one name per resolution: the embedding cache is keyed by it
+    head = replace(spec.head, upscale=upscale, use_embedding=use_embedding)
+    try:
+        return get_model(name)  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 — not registered yet
+        return register(replace(spec, name=name, head=head,
+                                weights={**spec.weights, "head": WeightsSource(kind="random")}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cellsam")
+    ap.add_argument("--upscale", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--no-embedding", action="store_true")
+    ap.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight)
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec = variant(args.model, args.upscale, not args.no_embedding)
+    cfg = TrainConfig(model=spec.name, steps=args.steps, distill_weight=args.distill_weight,
+                      use_embedding=not args.no_embedding)
+    tag = f"x{args.upscale}-s{args.steps}-d{args.distill_weight}" + \
+        ("-noemb" if args.no_embedding else "")
+    cache = args.work / f"cache-{spec.name}"
+    t0 = time.perf_counter()
+    report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,
+                   images=TRAIN_IMAGES, progress=True, export=False)
+    spec = replace(spec, head=replace(spec.head, use_embedding=cfg.use_embedding))
+    head, _ = load_head(spec, args.work / tag / "model.train" / HEAD_FILE, "file")
+    ws = WatershedConfig(*[float(v) for v in head.watershed])
+    sam, _ = load_model(spec)
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return sam.encode(torch.from_numpy(x)).numpy()
+
+    def maps_fn(a: np.ndarray, e: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return head(torch.from_numpy(a), torch.from_numpy(e.astype(np.float32))).numpy()
+
+    rows = []
+    for stem in EVAL_IMAGES:
+        img = load_image(MONUSEG / f"{stem}.tif", annotation_for(MONUSEG / f"{stem}.tif"))
+        maps = stitched_maps(image_crops(img, spec, encode, cache), maps_fn)
+        rows.append({"image": stem, **score(img.labels, instances_at_image(
+            maps, img, spec.head_mpp, ws))})
+    result = {"variant": tag, "head_mpp": spec.head_mpp, "config": report["config"],
+              "split": {"train": list(TRAIN_IMAGES), "eval": list(EVAL_IMAGES)},
+              "train_fit": report["train_fit_scores"], "eval": mean_scores(rows),
+              "per_image": rows, "seconds": report["seconds"],
+              "total_s": round(time.perf_counter() - t0, 1),
+              "peak_rss_mb": report["peak_rss_mb"], "machine": machine_info()}
+    print(json.dumps({k: result[k] for k in ("variant", "train_fit", "eval", "seconds")},
+                     indent=1, default=float))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
