@@ -64,7 +64,7 @@ class SlidePool:
         self.actors: list[Any] = []
         self.desc = f"ray {address}: nothing to run"
 
-    def _start(self, n_slides: int) -> None:
+    def start(self, n_slides: int = 1) -> None:
         """Connect and start the actors (one per GPU, else per ``cpus_per_worker`` cores)."""
         ray = self.ray = connect(self.address)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -93,7 +93,7 @@ class SlidePool:
         if not todo:
             return [o for o in outcomes if o is not None]
         if not self.actors:
-            self._start(len(todo))
+            self.start(len(todo))
         ray = self.ray
         attempts = [0] * len(slides)
         running: dict[Any, tuple[int, Any, str]] = {}

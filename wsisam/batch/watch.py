@@ -42,6 +42,7 @@ class Watcher:
     log: Callable[[str], None] = print
     seen: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     stopping: bool = False
+    handle_sigterm: bool = False  # set by install_signals
     digest: str = ""
 
     def stop(self, *_: Any) -> None:
@@ -99,11 +100,9 @@ class Watcher:
                 ready = self.ready(time.monotonic())
                 if max_slides is not None:
                     ready = ready[:max_slides - len(outcomes)]
-                if ready and self.ray is not None:
-                    if pool is None:
-                        from wsisam.batch.ray_pool import SlidePool
-
-                        pool = SlidePool(self.template, self.ray, self.workers, one_off=False)
+                if self.ray is not None and pool is None:
+                    pool = self._start_pool()
+                if ready and pool is not None:
                     for o, slide in zip(pool.run(ready, self.out_dir, self.digest, False),
                                         ready):
                         self._record(o, slide)
@@ -130,6 +129,18 @@ class Watcher:
                 pool.close()
         return outcomes
 
+    def _start_pool(self) -> Any:
+        """The watcher's one actor pool, started now so that the models are loaded before the
+        first slide comes. Ray's driver start installs its own SIGTERM handler (which aborts the
+        process): ours is put back, so SIGTERM still finishes the current slide."""
+        from wsisam.batch.ray_pool import SlidePool
+
+        pool = SlidePool(self.template, self.ray, self.workers, one_off=False)
+        pool.start()
+        if self.handle_sigterm:
+            install_signals(self)
+        return pool
+
     def _record(self, o: Outcome, slide: Path) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         where = f", {o.worker}" if o.worker else ""
@@ -146,4 +157,5 @@ class Watcher:
 
 def install_signals(watcher: Watcher) -> None:
     """SIGTERM finishes the current slide then stops; a second one abandons it."""
+    watcher.handle_sigterm = True
     signal.signal(signal.SIGTERM, watcher.stop)
