@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,10 +58,11 @@ class TileFanout:
     """The units of one job on a Ray Data actor pool; results in unit order (``run_slide``'s
     ``engine``). ``workers`` actors of ``cpus_per_worker`` CPUs, ``batch`` units per call."""
 
-    def __init__(self, job: Any, cfg: RunConfig, workers: int, batch: int = 8,
-                 cpus_per_worker: float = 1.0) -> None:
+    def __init__(self, job: Any, cfg: RunConfig, workers: int, batch: int = 16,
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
         self.job, self.cfg = job, cfg
         self.workers, self.batch, self.cpus = workers, batch, cpus_per_worker
+        self.gpus = gpus_per_worker
         self.collect_s = 0.0
         self.seconds = 0.0
         self.units_done = 0
@@ -79,7 +80,7 @@ class TileFanout:
         ds = ds.map_batches(TileActor, fn_constructor_kwargs={"cfg": self.cfg, "n_units": n},
                             batch_size=self.batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=self.workers),
-                            num_cpus=self.cpus)
+                            num_cpus=self.cpus, **({"num_gpus": self.gpus} if self.gpus else {}))
         for row in ds.iter_rows():
             blob = row["result"]
             self.units_done += 1
@@ -92,3 +93,26 @@ class TileFanout:
                 "cpus_per_worker": self.cpus, "concurrent": True,
                 "bottleneck": "ray-data actors", "stages": {"stitch": {
                     "busy_s": round(self.collect_s, 3), "workers": 1}}}
+
+
+def fanout_engine(address: str, workers: int | None, cpus_per_worker: int = 1, batch: int = 16
+                  ) -> tuple[Callable[[Any, RunConfig], TileFanout], str]:
+    """A ``run_slide`` engine fanning each slide's tiles out on the cluster at ``address``
+    (connected now): ``workers`` actors (default one per GPU, else one per
+    ``cpus_per_worker`` cores); and its description."""
+    from wsisam.batch.ray_pool import connect
+    from wsisam.errors import require
+
+    require("ray.data", "ray", "wsisam-run --tile-fanout")  # Ray Data: pandas, pyarrow too
+    ray = connect(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n = max(1, workers or (gpus or cpus // cpus_per_worker))
+    per_gpu = 1.0 if gpus else 0.0
+
+    def make(job: Any, cfg: RunConfig) -> TileFanout:
+        return TileFanout(job, cfg, n, batch, float(1 if gpus else cpus_per_worker), per_gpu)
+
+    desc = (f"ray {address} tile fan-out (Ray Data): {n} actor(s), "
+            + ("1 GPU each" if gpus else f"{cpus_per_worker} CPU each") + f", {batch} tiles a call")
+    return make, desc
