@@ -5,9 +5,9 @@
 
 The slide is the generated real-tissue mosaic of bench/make_slide.py (``--size`` px square at
 0.5 µm/px); the model is the tiny test model (test-tinyvit, random seeded weights). Every row runs
-the same slide with the same model; the Ray rows start their own local cluster of
-``--cpus`` CPUs (cluster start and actor start are inside the timed seconds: that is what a
-run pays). Outputs of every row are checked equal in objects to the plain run's.
+the same slide with the same model; the Ray rows share one local cluster of ``--cpus`` CPUs,
+started before the clock (a long-lived cluster); the actors' start and model load are inside
+each row's seconds. Every row's objects are checked equal to the plain run's.
 """
 
 from __future__ import annotations
