@@ -179,10 +179,6 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="Ray: actors (default: one per GPU, else one per --cpus-per-worker cores).")
 @click.option("--cpus-per-worker", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--tile-fanout", is_flag=True,
-              help="Ray: the slides one after another, each slide's tiles spread over the "
-                   "actors (Ray Data map_batches) instead of one slide per actor: for a few "
-                   "huge slides.")
 @click.option("--batch", "as_batch", is_flag=True,
               help="Use the batch layout OUT/<stem>/ (with skip/resume) for one slide too.")
 @click.option("--prompts", type=click.Path(path_type=Path),
@@ -224,7 +220,7 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
-             workers: int | None, cpus_per_worker: int, tile_fanout: bool, as_batch: bool,
+             workers: int | None, cpus_per_worker: int, as_batch: bool,
              prompts: Path | None, model: str | None, model_dir: Path | None,
              backend: str, mpp: float | None, options: tuple[str, ...], context: float | None,
              scheme: str | None, min_score: float | None, prompt_batch: int | None,
@@ -240,10 +236,6 @@ def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
     _setup_logging(quiet)
     from wsisam.batch.inputs import LIST_SUFFIXES
 
-    if tile_fanout and ray_address is None:
-        click.echo("Error: --tile-fanout spreads tiles over Ray actors: pass --ray "
-                   "local|auto|ADDRESS too", err=True)
-        sys.exit(ConfigError.exit_code)
     single = (len(inputs) == 1 and not inputs[0].is_dir() and not as_batch and ray_address is None
               and inputs[0].suffix.lower() not in LIST_SUFFIXES)
     slide = inputs[0]
@@ -265,7 +257,7 @@ def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
         unit = "crop" if prompts is not None else "tile"
         if not single:
             _run_batch_cli(inputs, out_dir, cfg, force, ray_address, workers, cpus_per_worker,
-                           quiet, as_json, unit, tile_fanout)
+                           quiet, as_json, unit)
             return
         result = run_slide(cfg, on_progress=None if quiet else _progress(unit))
         if as_json:
@@ -298,7 +290,7 @@ def default_model(slide: Path | None, prompts: Path | None, opts: dict[str, Any]
 
 def _run_batch_cli(inputs: tuple[Path, ...], out_dir: Path, cfg: Any, force: bool,
                    ray_address: str | None, workers: int | None, cpus_per_worker: int,
-                   quiet: bool, as_json: bool, unit: str, tile_fanout: bool = False) -> None:
+                   quiet: bool, as_json: bool, unit: str) -> None:
     """The batch path of wsisam-run: bars over slides and the current slide's units, the
     summary printed (and in OUT/batch.json), exit status 1 if a slide failed."""
     from wsisam.batch.inputs import expand_inputs
@@ -329,8 +321,7 @@ def _run_batch_cli(inputs: tuple[Path, ...], out_dir: Path, cfg: Any, force: boo
 
     try:
         result = run_batch(inputs, out_dir, cfg, force=force, ray=ray_address, workers=workers,
-                           cpus_per_worker=cpus_per_worker, on_event=on_event,
-                           tile_fanout=tile_fanout)
+                           cpus_per_worker=cpus_per_worker, on_event=on_event)
     finally:
         for bar in bars.values():
             bar.close()

@@ -23,11 +23,14 @@ from wsisam.runtime.segment import RunConfig
 class SlideWorker:
     """A Ray actor body: the model's graphs opened once, then slide after slide."""
 
-    def __init__(self, template: RunConfig) -> None:
+    def __init__(self, template: RunConfig, threads: int = 0) -> None:
+        """``threads``: ONNX Runtime CPU threads, the actor's CPUs (0: ORT's default, every
+        core): actors side by side then do not oversubscribe the cores."""
         from wsisam.runtime.graphs import ModelGraphs
 
         self.template = template
-        self.graphs = ModelGraphs(template.model_dir, template.backend, template.model)
+        self.graphs = ModelGraphs(template.model_dir, template.backend, template.model,
+                                  intra_op_threads=threads)
 
     def run(self, slide: str, out_dir: str, digest: str, force: bool, token: str) -> Outcome:
         o = process_slide(self.template, Path(slide), Path(out_dir), digest, force, token,
@@ -74,7 +77,8 @@ class SlidePool:
         if self.one_off:
             n = min(n, n_slides)
         self._cls = ray.remote(max_restarts=0, max_task_retries=0)(SlideWorker).options(**per)
-        self.actors = [self._cls.remote(self.template) for _ in range(n)]
+        self.threads = 0 if gpus else self.cpus_per_worker
+        self.actors = [self._cls.remote(self.template, self.threads) for _ in range(n)]
         self.desc = f"ray {self.address}: {n} actor(s), " + (
             "1 GPU each" if gpus else f"{self.cpus_per_worker} CPU each")
 
@@ -114,7 +118,7 @@ class SlidePool:
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                     # the actor died mid-slide: its staging folder is garbage, the slide goes again
                     shutil.rmtree(stage_path(out_dir, token), ignore_errors=True)
-                    fresh = self._cls.remote(self.template)
+                    fresh = self._cls.remote(self.template, self.threads)
                     self.actors[self.actors.index(actor)] = fresh
                     idle.append(fresh)
                     if attempts[i] < self.max_attempts:

@@ -56,17 +56,14 @@ class BatchResult:
 def run_batch(inputs: Iterable[Path | str], out_dir: Path | str, template: RunConfig,
               force: bool = False, ray: str | None = None, workers: int | None = None,
               cpus_per_worker: int = 1, max_attempts: int = 3,
-              on_event: Progress | None = None, tile_fanout: bool = False,
-              tile_batch: int = 16) -> BatchResult:
+              on_event: Progress | None = None) -> BatchResult:
     """Run every slide of ``inputs`` (files, folders, .txt/.csv lists) into
     ``out_dir/<stem>/`` with ``template``'s model and settings (its ``slide``/``out_dir`` are
     replaced). Complete output sets of the same digest are skipped unless ``force``. ``ray``:
     None runs here, one slide after another; ``local``/``auto``/an address runs on Ray actors
     (one per GPU, else one per ``cpus_per_worker`` cores, at most ``workers``). Writes
-    ``out_dir/batch.json``; a failed slide is listed there, not raised. ``tile_fanout`` (with
-    ``ray``): the slides one after another, each slide's tiles fanned out over Ray Data actors
-    (``workers`` of them, ``tile_batch`` tiles a call; :mod:`wsisam.batch.ray_tiles`) — for
-    few, huge slides."""
+    ``out_dir/batch.json``; a failed slide is listed there, not raised. A full output disk
+    stops the batch: :class:`DiskFullError` (``batch.json`` then lists what was finished)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     slides = expand_inputs(Path(p) for p in inputs)
@@ -76,15 +73,8 @@ def run_batch(inputs: Iterable[Path | str], out_dir: Path | str, template: RunCo
     digest = run_digest(template)
     result = BatchResult(digest=digest)
     try:
-        if ray is None or tile_fanout:
-            engine = None
-            if tile_fanout:
-                from wsisam.batch.ray_tiles import fanout_engine
-
-                engine, result.workers = fanout_engine(ray or "local", workers, cpus_per_worker,
-                                                       tile_batch)
-            _run_here(slides, out_dir, template, digest, force, on_event, result.outcomes,
-                      engine)
+        if ray is None:
+            _run_here(slides, out_dir, template, digest, force, on_event, result.outcomes)
         else:
             from wsisam.batch.ray_pool import run_on_ray
 
@@ -113,8 +103,7 @@ def _write_stopped(out_dir: Path, result: BatchResult, exc: DiskFullError) -> No
 
 
 def _run_here(slides: Sequence[Path], out_dir: Path, template: RunConfig, digest: str,
-              force: bool, on_event: Progress | None, outcomes: list[Outcome],
-              engine: Callable[..., Any] | None = None) -> None:
+              force: bool, on_event: Progress | None, outcomes: list[Outcome]) -> None:
     """One slide after another in this process, the model loaded once (lazily: a batch that
     skips everything never opens it); each outcome appended to ``outcomes`` as it comes (so a
     batch stopped by a full disk still knows what it finished)."""
@@ -125,7 +114,7 @@ def _run_here(slides: Sequence[Path], out_dir: Path, template: RunConfig, digest
             if graphs is None and not _skippable(slide, out_dir, digest, force):
                 graphs = ModelGraphs(template.model_dir, template.backend, template.model)
             o = process_slide(template, slide, out_dir, digest, force, graphs=graphs,
-                              on_progress=tiles, engine=engine)
+                              on_progress=tiles)
             log.info("%s %s%s", o.status, slide, f": {o.error}" if o.error else "")
             outcomes.append(o)
             if on_event:

@@ -146,8 +146,7 @@ def commit_stage(stage: Path, final: Path, force: bool, digest: str) -> bool:
 
 def process_slide(cfg: RunConfig, slide: Path, out_root: Path, digest: str, force: bool = False,
                   token: str | None = None, graphs: ModelGraphs | None = None,
-                  on_progress: Callable[[int, int], None] | None = None,
-                  engine: Callable[..., Any] | None = None) -> Outcome:
+                  on_progress: Callable[[int, int], None] | None = None) -> Outcome:
     """Run one slide of a batch (skip it when its output set is complete for ``digest``).
 
     A user-fixable problem with the slide is a ``failed`` outcome (the batch goes on); a full
@@ -166,7 +165,7 @@ def process_slide(cfg: RunConfig, slide: Path, out_root: Path, digest: str, forc
         stage.mkdir()
         (stage / ".worker-pid").write_text(str(os.getpid()))
         result = run_slide(replace(cfg, slide=Path(slide), out_dir=stage), on_progress,
-                           graphs=graphs, engine=engine)
+                           graphs=graphs)
         report = result.report
         report["batch"] = {"digest": digest}
         report["outputs"] = {k: str(final / Path(v).name) for k, v in report["outputs"].items()}

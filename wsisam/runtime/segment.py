@@ -162,7 +162,7 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
     the model once for all its slides); left open. Without it the run opens and closes its own.
     ``engine(job, cfg)``: what runs the units instead of the stage pipeline here — an object
     with ``run(units)`` (the last stage's results, in unit order), ``report()`` and ``collect_s``
-    like :class:`StageRun` (the Ray Data tile fan-out of one slide, :mod:`wsisam.batch.ray_tiles`).
+    like :class:`StageRun` (bench/ray_tiles.py: the Ray Data tile fan-out of one slide).
     """
     t0 = time.perf_counter()
     own = (ModelGraphs(cfg.model_dir, cfg.backend, cfg.model) if graphs is None
