@@ -38,12 +38,12 @@ def feed(in_dir: Path, out_dir: Path, n: int, latencies: list[float]) -> None:
         latencies.append(time.perf_counter() - t)
 
 
-def measure(model_dir: Path, n: int, ray: str | None, work: Path) -> dict:
-    in_dir, out_dir = work / f"in-{ray}", work / f"out-{ray}"
+def measure(model_dir: Path, n: int, ray: str | None, work: Path, threads: int = 0) -> dict:
+    in_dir, out_dir = work / f"in-{ray}-{threads}", work / f"out-{ray}-{threads}"
     in_dir.mkdir()
     cfg = RunConfig(slide=Path("-"), out_dir=out_dir, model_dir=model_dir, backend="ort-cpu")
     w = Watcher(in_dir, out_dir, cfg, stable_s=3600, poll_s=0.2, marker_suffix=".done", ray=ray,
-                workers=1 if ray else None, log=lambda line: None)
+                workers=1 if ray else None, threads=threads, log=lambda line: None)
     t0 = time.perf_counter()
     startup: list[float] = []
     if ray is not None:  # start the pool the way Watcher.run does, timed apart
@@ -71,21 +71,24 @@ def main() -> None:
 
     model_dir = args.model_dir or tiny_model()
     work = Path(tempfile.mkdtemp(prefix="wsisam-bench-watch-"))
-    rows = {"watch here": measure(model_dir, args.slides, None, work)}
+    # ORT's default threads against one: on a loaded machine the thread count alone moves the
+    # per-slide time a lot; a Ray actor of 1 CPU runs ORT on 1 thread
+    rows = {"watch here": measure(model_dir, args.slides, None, work),
+            "watch here, ORT 1 thread": measure(model_dir, args.slides, None, work, threads=1)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows["watch --ray local, 1 actor"] = measure(model_dir, args.slides, "local", work)
     finally:
         ray.shutdown()
-    here = rows["watch here"]["steady_mean_s"]
+    here = rows["watch here, ORT 1 thread"]["steady_mean_s"]
     for row in rows.values():
         row["steady_overhead_s_per_slide"] = round(row["steady_mean_s"] - here, 2)
     out = {"machine": "2-core CPU shared with other jobs, no GPU", "slides": args.slides,
            "slide": CMU.name, "model": "test-tinyvit", "rows": rows}
     for name, row in rows.items():
         print(f"{name:28s} startup {row['startup_s']:6.2f} s  first {row['first_s']:6.2f} s  "
-              f"then {row['steady_mean_s']:6.2f} s/slide  (+{row['steady_overhead_s_per_slide']:.2f}"
-              f" s vs here)  {row['latency_s']}")
+              f"then {row['steady_mean_s']:6.2f} s/slide  ({row['steady_overhead_s_per_slide']:+.2f}"
+              f" s vs here 1 thread)  {row['latency_s']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -39,6 +39,7 @@ class Watcher:
     marker_suffix: str | None = None
     ray: str | None = None
     workers: int | None = None
+    threads: int = 0  # ONNX Runtime CPU threads here (0: its default); Ray actors: their CPUs
     log: Callable[[str], None] = print
     seen: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     stopping: bool = False
@@ -112,7 +113,7 @@ class Watcher:
                         break
                     if graphs is None:
                         graphs = ModelGraphs(self.template.model_dir, self.template.backend,
-                                             self.template.model)
+                                             self.template.model, intra_op_threads=self.threads)
                     o = process_slide(self.template, slide, self.out_dir, self.digest,
                                       graphs=graphs)
                     self._record(o, slide)
