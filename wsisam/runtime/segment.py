@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,9 +34,6 @@ from wsisam.runtime.pipeline import (Pipeline, PipelineConfig, Stage, choose_con
 from wsisam.runtime.prompt_input import Prompt, load_prompts
 from wsisam.runtime.slide import SlideReader, open_slide
 from wsisam.runtime.tissue import tissue_mask
-
-if TYPE_CHECKING:
-    from wsisam.systems.contract import SlideJob
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +147,7 @@ class StageRun:
 def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None,
               on_object: Callable[[Any], None] | None = None,
               graphs: ModelGraphs | None = None,
-              engine: Callable[[SlideJob, RunConfig], Any] | None = None) -> RunResult:
+              engine: Callable[[Any, RunConfig], Any] | None = None) -> RunResult:
     """Run ``cfg.slide`` through its model directory's system; write the outputs into
     ``cfg.out_dir``.
 
@@ -204,8 +201,9 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
 
 def plan_job(cfg: RunConfig, reader: SlideReader, graphs: ModelGraphs,
              exclusive: ExclusiveGraphs | None = None
-             ) -> tuple[SlideJob, SlideContext, str, str]:
-    """The job of ``cfg``'s mode on the open slide (its tile/crop plan made), its context, the
+             ) -> tuple[Any, SlideContext, str, str]:
+    """The job (a :class:`~wsisam.systems.contract.SlideJob`) of ``cfg``'s mode on the open
+    slide (its tile/crop plan made), its context, the
     mode and where the µm/px came from. Deterministic: the same slide and settings plan the same
     units in every process."""
     spec = graphs.spec
