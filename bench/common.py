@@ -11,8 +11,9 @@ from typing import Any
 from wsisam.runtime.segment import peak_rss_mb  # noqa: F401  (re-exported for the benches)
 
 REPO = Path(__file__).resolve().parents[1]
-# The real slides sit beside the repository, never inside it (see ../shared/data/README.md).
-DATA = REPO.parent / "shared" / "data"
+# The real slides sit beside the repository, never inside it (see ../shared/data/README.md);
+# WSISAM_TEST_SLIDES points elsewhere (a worktree outside the checkout), as for the tests.
+DATA = Path(os.environ.get("WSISAM_TEST_SLIDES", REPO.parent / "shared" / "data"))
 CMU = DATA / "CMU-1-Small-Region.svs"
 TCGA = DATA / "tcga-cr-7395-01a-01-ts1.svs"
 HE_SLIDES = (CMU, TCGA)

@@ -220,7 +220,8 @@ def _export_summary(report: dict[str, Any], out_dir: Path) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def run_main(inputs: tuple[Path, ...], force: bool, ray_address: str | None,
-             workers: int | None, cpus_per_worker: int, as_batch: bool, prompts: Path | None, model: str | None, model_dir: Path | None,
+             workers: int | None, cpus_per_worker: int, as_batch: bool,
+             prompts: Path | None, model: str | None, model_dir: Path | None,
              backend: str, mpp: float | None, options: tuple[str, ...], context: float | None,
              scheme: str | None, min_score: float | None, prompt_batch: int | None,
              lr_layout: str | None, pipeline_mode: str, readers: int, encoder_batch: int,
@@ -497,13 +498,17 @@ def train_main(ctx: click.Context, system: str) -> None:
 @click.option("--marker", "marker_suffix", default=None, metavar="SUFFIX",
               help="Or once the scanner's completion marker SLIDE+SUFFIX (e.g. .done) exists.")
 @click.option("--poll-s", type=float, default=1.0, show_default=True)
-@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS")
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
+              help="Run the slides on one pool of Ray actors kept for the whole watch, the "
+                   "model loaded once per actor; slides ready together run side by side.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Ray: actors (default: one per GPU, else one per CPU).")
 @click.option("--max-slides", type=int, default=None, help="Stop after this many slides.")
 @click.option("-q", "--quiet", is_flag=True)
 def watch_main(in_dir: Path, out_dir: Path, model: str | None, model_dir: Path | None,
                backend: str, options: tuple[str, ...], stable_s: float,
                marker_suffix: str | None, poll_s: float, ray_address: str | None,
-               max_slides: int | None, quiet: bool) -> None:
+               workers: int | None, max_slides: int | None, quiet: bool) -> None:
     """Watch IN_DIR; run every slide once it is completely written, into OUT/<stem>/.
 
     Restart-safe (state in OUT); SIGTERM finishes the current slide and stops, Ctrl-C abandons
@@ -520,7 +525,7 @@ def watch_main(in_dir: Path, out_dir: Path, model: str | None, model_dir: Path |
         cfg = RunConfig(slide=Path("-"), out_dir=out_dir, model_dir=mdir, model=model,
                         backend=backend, options=opts)
         w = Watcher(in_dir, out_dir, cfg, stable_s=stable_s, poll_s=poll_s,
-                    marker_suffix=marker_suffix, ray=ray_address,
+                    marker_suffix=marker_suffix, ray=ray_address, workers=workers,
                     log=lambda line: click.echo(line))
         install_signals(w)
         w.run(max_slides=max_slides)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wsisam.batch.inputs import expand_inputs
-from wsisam.batch.slides import Outcome, clean_stale_stages, process_slide, run_digest
+from wsisam.batch.slides import (DiskFullError, Outcome, clean_stale_stages, process_slide,
+                                 run_digest)
 from wsisam.runtime.graphs import ModelGraphs
 from wsisam.runtime.segment import RunConfig
 from wsisam.runtime.writers.report import write_json
@@ -61,7 +62,8 @@ def run_batch(inputs: Iterable[Path | str], out_dir: Path | str, template: RunCo
     replaced). Complete output sets of the same digest are skipped unless ``force``. ``ray``:
     None runs here, one slide after another; ``local``/``auto``/an address runs on Ray actors
     (one per GPU, else one per ``cpus_per_worker`` cores, at most ``workers``). Writes
-    ``out_dir/batch.json``; a failed slide is listed there, not raised."""
+    ``out_dir/batch.json``; a failed slide is listed there, not raised. A full output disk
+    stops the batch: :class:`DiskFullError` (``batch.json`` then lists what was finished)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     slides = expand_inputs(Path(p) for p in inputs)
@@ -70,24 +72,41 @@ def run_batch(inputs: Iterable[Path | str], out_dir: Path | str, template: RunCo
         log.info("removed %s, left by a run that was killed", stale.name)
     digest = run_digest(template)
     result = BatchResult(digest=digest)
-    if ray is None:
-        result.outcomes = _run_here(slides, out_dir, template, digest, force, on_event)
-    else:
-        from wsisam.batch.ray_pool import run_on_ray
+    try:
+        if ray is None:
+            _run_here(slides, out_dir, template, digest, force, on_event, result.outcomes)
+        else:
+            from wsisam.batch.ray_pool import run_on_ray
 
-        result.outcomes, result.workers = run_on_ray(
-            slides, out_dir, template, digest, force, ray, workers, cpus_per_worker,
-            max_attempts, on_event)
+            result.outcomes, result.workers = run_on_ray(
+                slides, out_dir, template, digest, force, ray, workers, cpus_per_worker,
+                max_attempts, on_event)
+    except DiskFullError as exc:
+        result.seconds = time.perf_counter() - t0
+        _write_stopped(out_dir, result, exc)
+        raise
     result.seconds = time.perf_counter() - t0
     write_json(out_dir / "batch.json", result.summary())
     return result
 
 
+def _write_stopped(out_dir: Path, result: BatchResult, exc: DiskFullError) -> None:
+    """batch.json of a batch the full disk stopped: the slides finished so far and why it
+    stopped. Written atomically, so when even that does not fit, the previous batch.json (or
+    none) stays as it was, never a truncated one."""
+    summary = {**result.summary(), "stopped": str(exc)}
+    try:
+        write_json(out_dir / "batch.json", summary)
+    except OSError as err:
+        log.warning("batch.json not updated (%s); the slide folders are what counts",
+                    err.strerror)
+
+
 def _run_here(slides: Sequence[Path], out_dir: Path, template: RunConfig, digest: str,
-              force: bool, on_event: Progress | None) -> list[Outcome]:
+              force: bool, on_event: Progress | None, outcomes: list[Outcome]) -> None:
     """One slide after another in this process, the model loaded once (lazily: a batch that
-    skips everything never opens it)."""
-    outcomes: list[Outcome] = []
+    skips everything never opens it); each outcome appended to ``outcomes`` as it comes (so a
+    batch stopped by a full disk still knows what it finished)."""
     graphs: ModelGraphs | None = None
     tiles = (lambda d, n: on_event("tiles", (d, n))) if on_event else None
     try:
@@ -103,7 +122,6 @@ def _run_here(slides: Sequence[Path], out_dir: Path, template: RunConfig, digest
     finally:
         if graphs is not None:
             graphs.close()
-    return outcomes
 
 
 def _skippable(slide: Path, out_dir: Path, digest: str, force: bool) -> bool:

@@ -42,6 +42,7 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     attempts: int = 1
+    worker: str | None = None  # where it ran, when not in this process (a Ray actor)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -38,9 +38,12 @@ class Watcher:
     poll_s: float = 1.0
     marker_suffix: str | None = None
     ray: str | None = None
+    workers: int | None = None
+    threads: int = 0  # ONNX Runtime CPU threads here (0: its default); Ray actors: their CPUs
     log: Callable[[str], None] = print
     seen: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     stopping: bool = False
+    handle_sigterm: bool = False  # set by install_signals
     digest: str = ""
 
     def stop(self, *_: Any) -> None:
@@ -82,44 +85,68 @@ class Watcher:
         return out
 
     def run(self, max_slides: int | None = None, timeout_s: float | None = None) -> list[Outcome]:
+        """Poll and process until stopped, ``max_slides`` processed or ``timeout_s`` passed.
+        Here the model is opened once, on the first slide; with ``ray`` one pool of actors
+        (each with the model loaded once) lives as long as the watcher, and the slides found
+        ready together run on it side by side."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.digest = run_digest(self.template)
         clean_stale_stages(self.out_dir)
         outcomes: list[Outcome] = []
         graphs: ModelGraphs | None = None
+        pool: Any = None
         t0 = time.monotonic()
         try:
             while not self.stopping:
-                for slide in self.ready(time.monotonic()):
+                ready = self.ready(time.monotonic())
+                if max_slides is not None:
+                    ready = ready[:max_slides - len(outcomes)]
+                if self.ray is not None and pool is None:
+                    pool = self._start_pool()
+                if ready and pool is not None:
+                    for o, slide in zip(pool.run(ready, self.out_dir, self.digest, False),
+                                        ready):
+                        self._record(o, slide)
+                        outcomes.append(o)
+                for slide in ready if self.ray is None else []:
                     if self.stopping:
                         break
-                    if self.ray is None:
-                        if graphs is None:
-                            graphs = ModelGraphs(self.template.model_dir, self.template.backend,
-                                                 self.template.model)
-                        o = process_slide(self.template, slide, self.out_dir, self.digest,
-                                          graphs=graphs)
-                    else:
-                        from wsisam.batch.run import run_batch
-
-                        o = run_batch([slide], self.out_dir, self.template,
-                                      ray=self.ray).outcomes[0]
+                    if graphs is None:
+                        graphs = ModelGraphs(self.template.model_dir, self.template.backend,
+                                             self.template.model, intra_op_threads=self.threads)
+                    o = process_slide(self.template, slide, self.out_dir, self.digest,
+                                      graphs=graphs)
                     self._record(o, slide)
                     outcomes.append(o)
-                    if max_slides is not None and len(outcomes) >= max_slides:
-                        return outcomes
+                if max_slides is not None and len(outcomes) >= max_slides:
+                    break
                 if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                     break
                 time.sleep(self.poll_s)
         finally:
             if graphs is not None:
                 graphs.close()
+            if pool is not None:
+                pool.close()
         return outcomes
+
+    def _start_pool(self) -> Any:
+        """The watcher's one actor pool, started now so that the models are loaded before the
+        first slide comes. Ray's driver start installs its own SIGTERM handler (which aborts the
+        process): ours is put back, so SIGTERM still finishes the current slide."""
+        from wsisam.batch.ray_pool import SlidePool
+
+        pool = SlidePool(self.template, self.ray, self.workers, one_off=False)
+        pool.start()
+        if self.handle_sigterm:
+            install_signals(self)
+        return pool
 
     def _record(self, o: Outcome, slide: Path) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        where = f", {o.worker}" if o.worker else ""
         self.log(f"{stamp} {o.status} {slide}" + (f": {o.error}" if o.error else
-                                                  f" → {o.out} ({o.seconds} s)"))
+                                                  f" → {o.out} ({o.seconds} s{where})"))
         state = self._state()
         if o.status == "failed":
             st = slide.stat()
@@ -131,4 +158,5 @@ class Watcher:
 
 def install_signals(watcher: Watcher) -> None:
     """SIGTERM finishes the current slide then stops; a second one abandons it."""
+    watcher.handle_sigterm = True
     signal.signal(signal.SIGTERM, watcher.stop)

@@ -34,7 +34,6 @@ from wsisam.runtime.pipeline import (Pipeline, PipelineConfig, Stage, choose_con
 from wsisam.runtime.prompt_input import Prompt, load_prompts
 from wsisam.runtime.slide import SlideReader, open_slide
 from wsisam.runtime.tissue import tissue_mask
-from wsisam.runtime.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,8 @@ class StageRun:
 
 def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = None,
               on_object: Callable[[Any], None] | None = None,
-              graphs: ModelGraphs | None = None) -> RunResult:
+              graphs: ModelGraphs | None = None,
+              engine: Callable[[Any, RunConfig], Any] | None = None) -> RunResult:
     """Run ``cfg.slide`` through its model directory's system; write the outputs into
     ``cfg.out_dir``.
 
@@ -157,40 +157,35 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
     mode hands out its Detection objects).
     ``graphs``: an open :class:`ModelGraphs` of ``cfg.model_dir`` to reuse (a batch worker loads
     the model once for all its slides); left open. Without it the run opens and closes its own.
+    ``engine(job, cfg)``: what runs the units instead of the stage pipeline here — an object
+    with ``run(units)`` (the last stage's results, in unit order), ``report()`` and ``collect_s``
+    like :class:`StageRun` (bench/ray_tiles.py: the Ray Data tile fan-out of one slide).
     """
     t0 = time.perf_counter()
     own = (ModelGraphs(cfg.model_dir, cfg.backend, cfg.model) if graphs is None
            else contextlib.nullcontext(graphs))
     with open_slide(cfg.slide) as reader, own as graphs:
-        spec = graphs.spec
-        mode = "prompted" if cfg.prompts is not None else spec.default_mode
-        if mode not in spec.modes or (mode == "prompted" and cfg.prompts is None):
-            raise ConfigError(_mode_refusal(spec, mode, cfg.model_dir))
-        options = spec.resolve_options(cfg.options, mode)
-        mpp, mpp_source = resolve_mpp(reader, cfg.mpp)
-        prompts = (load_prompts(cfg.prompts, reader.level_dimensions[0])
-                   if cfg.prompts is not None else None)
-        ctx = SlideContext(reader, mpp, reader.thumbnail(THUMB_PX), options, cfg.pipeline,
-                           prompts, cfg.prompts)
         on_cpu = graphs.on_cpu
         exclusive = ExclusiveGraphs.wanted(graphs, cfg.pipeline.exclusive_inference, on_cpu)
-        job = runtime_class(spec)(spec, exclusive or graphs).job(mode, ctx)
+        job, ctx, mode, mpp_source = plan_job(cfg, reader, graphs, exclusive)
+        mpp = ctx.slide_mpp
         units = job.units()
-        engine = StageRun(job.stages(), cfg.pipeline, on_cpu, exclusive)
+        runner = (StageRun(job.stages(), cfg.pipeline, on_cpu, exclusive) if engine is None
+                  else engine(job, cfg))
         t_open = time.perf_counter() - t0
         with OutputSet(cfg.out_dir, cfg.slide) as outs:
             sink = OutputSink(outs, ctx.level0_wh, mpp, job.label_mpp(), ctx.thumb, on_object)
             done = 0
-            for result in engine.run(units):
+            for result in runner.run(units):
                 t = time.perf_counter()
                 done += job.collect(result, sink)
-                engine.collect_s += time.perf_counter() - t
+                runner.collect_s += time.perf_counter() - t
                 if on_progress:
                     on_progress(done, job.progress_total)
             t_seg = time.perf_counter() - t0 - t_open
             section = job.finish(sink, t_seg)
             report = {**base_report(cfg, reader, graphs, mpp, mpp_source, mode), **section}
-            report["pipeline"] = {**engine.report(), **section.get("pipeline", {})}
+            report["pipeline"] = {**runner.report(), **section.get("pipeline", {})}
             report["area_um2_per_class"] = sink.area_um2()
             report["label_mask"] = sink.close()
             t_total = time.perf_counter() - t0
@@ -202,6 +197,27 @@ def run_slide(cfg: RunConfig, on_progress: Callable[[int, int], None] | None = N
             report["peak_rss_mb"] = round(peak_rss_mb(), 1)
             outputs = outs.commit(report)
     return RunResult(outputs, report)
+
+
+def plan_job(cfg: RunConfig, reader: SlideReader, graphs: ModelGraphs,
+             exclusive: ExclusiveGraphs | None = None
+             ) -> tuple[Any, SlideContext, str, str]:
+    """The job (a :class:`~wsisam.systems.contract.SlideJob`) of ``cfg``'s mode on the open
+    slide (its tile/crop plan made), its context, the
+    mode and where the µm/px came from. Deterministic: the same slide and settings plan the same
+    units in every process."""
+    spec = graphs.spec
+    mode = "prompted" if cfg.prompts is not None else spec.default_mode
+    if mode not in spec.modes or (mode == "prompted" and cfg.prompts is None):
+        raise ConfigError(_mode_refusal(spec, mode, cfg.model_dir))
+    options = spec.resolve_options(cfg.options, mode)
+    mpp, mpp_source = resolve_mpp(reader, cfg.mpp)
+    prompts = (load_prompts(cfg.prompts, reader.level_dimensions[0])
+               if cfg.prompts is not None else None)
+    ctx = SlideContext(reader, mpp, reader.thumbnail(THUMB_PX), options, cfg.pipeline,
+                       prompts, cfg.prompts)
+    job = runtime_class(spec)(spec, exclusive or graphs).job(mode, ctx)
+    return job, ctx, mode, mpp_source
 
 
 def _mode_refusal(spec: Any, mode: str, model_dir: Path) -> str:
