@@ -37,6 +37,10 @@ CONFIGS: dict[str, tuple[float, Recipe]] = {
     "lr1e3": (0.5, R(steps=200, lr=1e-3, warmup=10, cosine=True)),
     "proto": (0.5, R(mode="proto", steps=200, lr=3e-4, warmup=10, cosine=True)),
     "query": (0.5, R(mode="query", steps=200, lr=3e-4, warmup=10, cosine=True)),
+    # the chosen recipe (Recipe's defaults: 200 steps, 3e-4 cosine, no augmentation) per mode
+    "mix_default": (0.25, R()),
+    "proto_default": (0.25, R(mode="proto")),
+    "query_default": (0.25, R(mode="query")),
 }
 
 

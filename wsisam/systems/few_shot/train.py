@@ -128,13 +128,14 @@ class Recipe:
     the embedding-space dihedral augmentation."""
 
     mode: str = "mix"
-    steps: int = 120
+    steps: int = 200
     batch: int = 2
-    lr: float = 1e-4
+    lr: float = 3e-4
     head_lr_mult: float = 1.0
-    warmup: int = 0
-    cosine: bool = False
-    augment: bool = True
+    warmup: int = 10
+    cosine: bool = True
+    # off: the encoder is not flip/rotation-equivariant, and held-out support Dice was higher
+    augment: bool = False
     norm_protos: bool = False
 
     def tag(self) -> str:
