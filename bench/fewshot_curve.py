@@ -12,6 +12,7 @@ at any K). Dice and IoU of the nuclei foreground at the images' native resolutio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from wsisam.systems.cell_sam import EVAL_IMAGES, TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.cell_sam.baseline import classical_nuclei
 from wsisam.systems.few_shot.support import load_support, read_rgb, tile_origins, tiles
-from wsisam.systems.few_shot.train import cached_embeddings, fit, prototypes
+from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit, prototypes
 from wsisam.systems.sam.export import load_model
 
 DATA = Path("/work/shared/data/monuseg-train")
@@ -76,14 +77,18 @@ def decode_union(sam, emb: torch.Tensor, coords: np.ndarray, labels: np.ndarray,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--out", type=Path, default=Path("bench/fewshot_curve.json"))
-    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=None, help="default: the Recipe's")
+    ap.add_argument("--mpp", type=float, default=None, help="default: the fewshot model's")
     ap.add_argument("--ks", default="5,3,1")
-    ap.add_argument("--modes", default="mix")
+    ap.add_argument("--modes", default=None, help="default: the Recipe's token mode")
     ap.add_argument("--eval8", action="store_true", help="also the 5 non-support train images")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/wsisam/fewshot-embeddings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = get_model("fewshot")
+    if args.mpp:
+        spec = dataclasses.replace(spec, mpp=args.mpp)
+    args.modes = args.modes or Recipe().mode
     sam, _ = load_model(get_model(spec.base))
     n = spec.input_px
     ks = [int(k) for k in args.ks.split(",")]
@@ -91,6 +96,10 @@ def main() -> None:
     assert not set(eval_names) & set(TRAIN_IMAGES[:max(ks)])
     ev = load_support([DATA / f"{s}.tif" for s in eval_names], spec.mpp, NATIVE_MPP)
     ev_embs = [cached_embeddings(sam, spec, [im], args.cache_dir)[0] for im in ev]
+    # the baselines (a), (b) prompt LiteMedSAM at its own µm/px, whatever the few-shot model's
+    bspec = dataclasses.replace(spec, mpp=get_model(spec.base).mpp)
+    ev_b = load_support([DATA / f"{s}.tif" for s in eval_names], bspec.mpp, NATIVE_MPP)
+    ev_b_embs = [cached_embeddings(sam, bspec, [im], args.cache_dir)[0] for im in ev_b]
     gts = {s: load_instances(DATA / f"{s}.xml", read_rgb(DATA / f"{s}.tif").shape[:2])
            for s in eval_names}
     rows: dict[str, dict[str, dict[str, float]]] = {}
@@ -108,16 +117,20 @@ def main() -> None:
                     m: round(float(np.mean([per[s][m] for s in names])), 4) for m in ("dice", "iou")}
             print(method, summary[method], flush=True)
         args.out.write_text(json.dumps({"all_eval": eval_names, "eval3": list(EVAL_IMAGES),
-                                        "steps": args.steps, "threads": 1, "summary": summary,
+                                        "recipe": dataclasses.asdict(Recipe()), "mpp": spec.mpp,
+                                        "baseline_mpp": bspec.mpp,
+                                        "steps": args.steps or Recipe().steps, "threads": 1, "summary": summary,
                                         "per_image": rows, "train": train_info}, indent=1))
 
     for k in ks:
         sup = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], spec.mpp, NATIVE_MPP)
         s_embs, s_fgs = cached_embeddings(sam, spec, sup, args.cache_dir)
-        protos = prototypes(s_embs, s_fgs)
+        sup_b = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], bspec.mpp, NATIVE_MPP)
+        protos = prototypes(*cached_embeddings(sam, bspec, sup_b, args.cache_dir))
         for mode in args.modes.split(","):
             t1 = time.time()
-            dec, tokens, losses = fit(sam, s_embs, s_fgs, mode, args.steps, seed=0)
+            recipe = dataclasses.replace(Recipe(), mode=mode, steps=args.steps or Recipe().steps)
+            dec, tokens, losses = fit(sam, s_embs, s_fgs, recipe, seed=0, progress=False)
             train_s = time.time() - t1
             train_info[f"{mode}_K{k}"] = {"train_s": round(train_s, 1), "tiles": len(s_embs),
                                           "loss_first": losses[0], "loss_last": losses[-1],
@@ -130,7 +143,7 @@ def main() -> None:
             print(f"K={k} {mode}: train {train_s:.0f} s", flush=True)
             dump()
         # (b) point prompts at support-similarity peaks (cosine to the fg prototype > to bg)
-        for im, embs in zip(ev, ev_embs):
+        for im, embs in zip(ev_b, ev_b_embs):
             lgs = []
             for e in embs:
                 en = F.normalize(e, dim=0)
@@ -148,7 +161,7 @@ def main() -> None:
             t0 = time.time()
             for name in eval_names:  # (c) classical, native resolution
                 record("classical", name, classical_nuclei(read_rgb(DATA / f"{name}.tif"), NATIVE_MPP))
-            for im, embs in zip(ev, ev_embs):  # (a) stain-box prompts
+            for im, embs in zip(ev_b, ev_b_embs):  # (a) stain-box prompts
                 lgs = []
                 for (y, x, rgb), e in zip(tiles(im.rgb, n), embs):
                     boxes = np.array([o.box_xyxy for o in stained_objects(rgb, max_objects=64)],

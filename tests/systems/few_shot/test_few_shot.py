@@ -152,18 +152,33 @@ def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
 
 
 def test_fluorescence_slide_refused_in_one_line(tmp_path: Path) -> None:
-    from wsisam.cli import run_main
+    """The real console scripts in subprocesses: exit status and stderr as a user sees them."""
+    import os
+    import subprocess
+    import sys
 
     slide = SLIDES / "fluorescence-dapi.ndpi"
     if not slide.exists():
         pytest.skip(f"slide absent: {slide}")
     model = _tiny_model(tmp_path)
     out = tmp_path / "out"
-    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o", str(out)])
-    assert res.exit_code != 0
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "fluorescence but the support set was brightfield" in lines[0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    cli = ("import sys; from wsisam.cli import {0}; sys.argv[0] = '{1}'; sys.exit({0}())")
+    runs = {
+        "run": ([sys.executable, "-c", cli.format("run_main", "wsisam-run"), str(slide),
+                 "--model-dir", str(model), "-o", str(out)],
+                "fluorescence but the support set was brightfield"),
+        "train": ([sys.executable, "-c", cli.format("train_main", "wsisam-train"), "fewshot",
+                   str(_support(tmp_path)), str(slide), "-o", str(tmp_path / "m2"),
+                   "--model", "test-fewshot"], "no annotations beside"),
+    }
+    for name, (cmd, want) in runs.items():
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        lines = [ln for ln in (res.stdout + res.stderr).strip().splitlines() if ln.strip()]
+        assert res.returncode != 0, (name, res.stdout, res.stderr)
+        assert len(lines) == 1 and want in lines[0], (name, lines)
     assert not out.exists() or not any(out.iterdir())
+    assert not (tmp_path / "m2").exists()
 
 
 def test_precision_fp16(tmp_path: Path) -> None:

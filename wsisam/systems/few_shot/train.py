@@ -5,6 +5,9 @@ on the support set. ``wsisam-train fewshot SUPPORT... -o MODEL_DIR``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import math
 import json
 import os
 import resource
@@ -12,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -83,7 +87,9 @@ def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportIma
     with click.progressbar(work, label="encoding support tiles", file=None if progress else
                            open(os.devnull, "w")) as bar:
         for im, (y, x, rgb), (_, _, fg) in bar:
-            key = cache_dir / f"{spec.base}-{im.digest[:24]}-{y}-{x}.npy"
+            # the key names the resampling too: one image encodes differently at another µm/px
+            key = cache_dir / (f"{spec.base}-{spec.mpp:g}mpp-{spec.input_px}-{im.digest[:24]}-"
+                               f"{y}-{x}.npy")
             if key.exists():
                 e = np.load(key)
             else:
@@ -113,17 +119,55 @@ def augment(emb: Tensor, fg: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor
     return emb, fg
 
 
-def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, mode: str = "mix", steps: int = 120,
-        batch: int = 2, lr: float = 1e-4, seed: int = 0, checkpoint: Path | None = None,
+@dataclass(frozen=True)
+class Recipe:
+    """How the decoder is fine-tuned (the defaults are the measured choice, docs/benchmarks.md
+    "Few-shot SAM"). ``head_lr_mult`` scales the learning rate of the mask head (output
+    upscaling + hypernetwork MLPs); ``norm_protos`` rescales each prototype to the norm of SAM's
+    point-label embeddings so that it does not swamp the learned offsets; ``augment`` applies
+    the embedding-space dihedral augmentation."""
+
+    mode: str = "mix"
+    steps: int = 200
+    batch: int = 2
+    lr: float = 3e-4
+    head_lr_mult: float = 1.0
+    warmup: int = 10
+    cosine: bool = True
+    # off: the encoder is not flip/rotation-equivariant, and held-out support Dice was higher
+    augment: bool = False
+    norm_protos: bool = False
+
+    def tag(self) -> str:
+        """A short stable name of this recipe (checkpoint keys, reports)."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+
+
+def scaled_protos(dec: FewShotDecoder, protos: Tensor) -> Tensor:
+    """(2,C) prototypes rescaled to the mean norm of the decoder's initial queries."""
+    return F.normalize(protos, dim=1) * dec.query.detach().norm(dim=1).mean()
+
+
+def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, recipe: Recipe = Recipe(), seed: int = 0,
+        checkpoint: Path | None = None,
         progress: bool = True) -> tuple[FewShotDecoder, Tensor, list[float]]:
-    """Fine-tune the decoder (and learned queries) on the support tiles; resumes from
-    ``checkpoint`` when it exists. Returns the decoder, the (2,C) support tokens, losses."""
+    """Fine-tune the decoder (and learned queries) on the support tiles embs (N,C,h,w), fgs
+    (N,1,4h,4w); resumes from ``checkpoint`` when it exists. Returns the decoder, the (2,C)
+    support tokens, the per-step losses."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    dec = FewShotDecoder(sam, mode)
+    dec = FewShotDecoder(sam, recipe.mode)
     protos = prototypes(embs, fgs)
-    opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=lr,
+    if recipe.norm_protos:
+        protos = scaled_protos(dec, protos)
+    head = [p for n, p in dec.named_parameters()
+            if n.startswith(("mask_decoder.output_upscaling", "mask_decoder.output_hypernet"))]
+    ids = {id(p) for p in head}
+    rest = [p for p in dec.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": recipe.lr},
+                             {"params": head, "lr": recipe.lr * recipe.head_lr_mult}],
                             weight_decay=1e-4)
+    base_lrs = [grp["lr"] for grp in opt.param_groups]
     losses: list[float] = []
     start = 0
     if checkpoint is not None and checkpoint.exists():
@@ -133,11 +177,16 @@ def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, mode: str = "mix", steps: int
         g.set_state(st["rng"])
         losses, start = st["losses"], st["step"]
     dec.train()
-    with click.progressbar(range(start, steps), label="fine-tuning decoder",
+    with click.progressbar(range(start, recipe.steps), label="fine-tuning decoder",
                            file=None if progress else open(os.devnull, "w")) as bar:
         for step in bar:
-            idx = torch.randint(len(embs), (min(batch, len(embs)),), generator=g)
-            e, f = augment(embs[idx], fgs[idx], g)
+            scale = lr_scale(step, recipe)
+            for grp, lr in zip(opt.param_groups, base_lrs):
+                grp["lr"] = lr * scale
+            idx = torch.randint(len(embs), (min(recipe.batch, len(embs)),), generator=g)
+            e, f = embs[idx], fgs[idx]
+            if recipe.augment:
+                e, f = augment(e, f, g)
             loss = dice_bce(dec(e, dec.tokens(protos)), f)
             opt.zero_grad()
             loss.backward()
@@ -151,6 +200,16 @@ def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, mode: str = "mix", steps: int
     with torch.no_grad():
         tokens = dec.tokens(protos).detach().clone()
     return dec, tokens, losses
+
+
+def lr_scale(step: int, recipe: Recipe) -> float:
+    """Learning-rate factor at ``step``: linear warm-up, then constant or cosine to 0."""
+    if step < recipe.warmup:
+        return (step + 1) / recipe.warmup
+    if not recipe.cosine:
+        return 1.0
+    t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return 0.5 * (1 + math.cos(math.pi * t))
 
 
 def predict_fg(sam: nn.Module, dec: FewShotDecoder, tokens: Tensor, rgb: np.ndarray,
@@ -175,15 +234,21 @@ def peak_rss_mb() -> float:
 
 
 def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float | None = None,
-          steps: int = 120, mode: str = "mix", seed: int = 0, cache_dir: Path | None = None,
+          steps: int | None = None, mode: str | None = None, seed: int = 0,
+          cache_dir: Path | None = None,
           progress: bool = True, export: bool = True,
           parity_slides: list[Path] | None = None) -> dict[str, Any]:
     """Validate, encode (cached), fine-tune, and write MODEL_DIR atomically (decoder.pt,
-    support_bank.npz, train_report.json). Nothing is written on bad input."""
+    support_bank.npz, train_report.json). ``steps``/``mode`` override :class:`Recipe`'s
+    defaults. Nothing is written on bad input."""
     t0 = time.time()
     spec = get_model(model)
     if not isinstance(spec, FewShotSpec):
         raise ConfigError(f"'{model}' is not a few-shot model; use fewshot or test-fewshot")
+    recipe = Recipe()
+    recipe = dataclasses.replace(recipe, steps=recipe.steps if steps is None else steps,
+                                 mode=mode or recipe.mode)
+    mode, steps = recipe.mode, recipe.steps
     if mode not in TOKEN_MODES:
         raise ConfigError(f"token mode {mode!r} is not one of {', '.join(TOKEN_MODES)}")
     images = load_support([Path(p) for p in support], spec.mpp, mpp)
@@ -198,14 +263,15 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
     t_enc = time.time() - t0
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
     try:
-        dec, tokens, losses = fit(sam, embs, fgs, mode, steps, seed=seed,
-                                  checkpoint=cache / f"ckpt-{model}-{mode}-{seed}-{steps}-"
+        dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=seed,
+                                  checkpoint=cache / f"ckpt-{model}-{recipe.tag()}-{seed}-"
                                   f"{'-'.join(sorted(i.digest[:8] for i in images))}.pt",
                                   progress=progress)
         torch.save(dec.state_dict(), staging / "decoder.pt")
         np.savez(staging / "support_bank.npz", tokens=tokens.numpy(),
                  prototypes=prototypes(embs, fgs).numpy())
         report = {"model": model, "base": spec.base, "mode": mode, "seed": seed, "steps": steps,
+                  "recipe": dataclasses.asdict(recipe), "mpp": spec.mpp,
                   "support": [im.stem for im in images], "modality": mods.pop(),
                   "tiles": len(embs), "loss_first": losses[0] if losses else None,
                   "loss_last": float(np.mean(losses[-10:])) if losses else None,
@@ -241,9 +307,10 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
               help="model directory to write")
 @click.option("--model", default="fewshot", show_default=True, help="few-shot model (encoder)")
 @click.option("--mpp", type=float, default=None, help="µm/px of the support images")
-@click.option("--steps", default=120, show_default=True, help="decoder fine-tuning steps")
-@click.option("--tokens", "mode", default="mix", show_default=True,
-              type=click.Choice(TOKEN_MODES), help="support tokens")
+@click.option("--steps", type=int, default=None,
+              help=f"decoder fine-tuning steps [default: {Recipe().steps}]")
+@click.option("--tokens", "mode", default=None, type=click.Choice(TOKEN_MODES),
+              help=f"support tokens [default: {Recipe().mode}]")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="embedding cache (default ~/.cache/wsisam/fewshot-embeddings)")
@@ -252,7 +319,7 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
 @click.option("--parity-slide", "parity_slides", multiple=True, type=click.Path(path_type=Path),
               help="slides for export parity tiles (default ../shared/data); 'none': random only")
 def train_command(support: tuple[Path, ...], out_dir: Path, model: str, mpp: float | None,
-                  steps: int, mode: str, seed: int, cache_dir: Path | None, export: bool,
+                  steps: int | None, mode: str | None, seed: int, cache_dir: Path | None, export: bool,
                   parity_slides: tuple[Path, ...]) -> None:
     """Fine-tune a few-shot SAM decoder on annotated SUPPORT images."""
     slides = None if not parity_slides else [p for p in parity_slides if str(p) != "none"]

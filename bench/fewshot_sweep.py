@@ -1,0 +1,89 @@
+"""Few-shot recipe selection on the SUPPORT set only: fine-tune on the first K-1 of the K=5
+support images (cell_sam TRAIN_IMAGES[:5]) and score the nuclei-foreground Dice on the held-out
+support image(s), so that no eval3/eval8 image picks a hyper-parameter. Rows append to the JSON.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/fewshot_sweep.py base long aug_off \\
+        --fold 4 -o bench/fewshot_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_curve import DATA, NATIVE_MPP, fg_scores, stitch, to_native
+from wsisam.registry import get_model
+from wsisam.systems.cell_sam import TRAIN_IMAGES
+from wsisam.systems.cell_sam.annotations import load_instances
+from wsisam.systems.few_shot.support import load_support, read_rgb
+from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit
+from wsisam.systems.sam.export import load_model
+
+R = Recipe
+CONFIGS: dict[str, tuple[float, Recipe]] = {
+    "base": (0.5, R(steps=80)),  # the previous run's recipe
+    "long": (0.5, R(steps=200, lr=3e-4, warmup=10, cosine=True)),
+    "long_noaug": (0.5, R(steps=200, lr=3e-4, warmup=10, cosine=True, augment=False)),
+    "long_norm": (0.5, R(steps=200, lr=3e-4, warmup=10, cosine=True, norm_protos=True)),
+    "long_norm_noaug": (0.5, R(steps=200, lr=3e-4, warmup=10, cosine=True, norm_protos=True,
+                               augment=False)),
+    "long_head10": (0.5, R(steps=200, lr=3e-4, warmup=10, cosine=True, head_lr_mult=10)),
+    "lr1e3": (0.5, R(steps=200, lr=1e-3, warmup=10, cosine=True)),
+    "proto": (0.5, R(mode="proto", steps=200, lr=3e-4, warmup=10, cosine=True)),
+    "query": (0.5, R(mode="query", steps=200, lr=3e-4, warmup=10, cosine=True)),
+    # the chosen recipe (Recipe's defaults: 200 steps, 3e-4 cosine, no augmentation) per mode
+    "mix_default": (0.25, R()),
+    "proto_default": (0.25, R(mode="proto")),
+    "query_default": (0.25, R(mode="query")),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("configs", nargs="+")
+    ap.add_argument("--fold", type=int, default=4, help="held-out index in TRAIN_IMAGES[:5]")
+    ap.add_argument("--mpp", type=float, default=None, help="override the config's µm/px")
+    ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    ap.add_argument("-o", "--out", type=Path, default=Path("bench/fewshot_sweep.json"))
+    ap.add_argument("--cache-dir", type=Path, default=Path("/work/scratch/fs13/cache"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec0 = get_model("fewshot")
+    sam, _ = load_model(get_model(spec0.base))
+    names = list(TRAIN_IMAGES[:5])
+    held = names.pop(args.fold)
+    gt = load_instances(DATA / f"{held}.xml", read_rgb(DATA / f"{held}.tif").shape[:2])
+    for name in args.configs:
+        mpp, recipe = CONFIGS[name]
+        mpp = args.mpp or mpp
+        if args.steps:
+            recipe = dataclasses.replace(recipe, steps=args.steps)
+        spec = dataclasses.replace(spec0, mpp=mpp)
+        sup = load_support([DATA / f"{s}.tif" for s in names], mpp, NATIVE_MPP)
+        embs, fgs = cached_embeddings(sam, spec, sup, args.cache_dir, progress=False)
+        val = load_support([DATA / f"{held}.tif"], mpp, NATIVE_MPP)[0]
+        v_embs, _ = cached_embeddings(sam, spec, [val], args.cache_dir, progress=False)
+        t0 = time.time()
+        dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=0, progress=False)
+        train_s = time.time() - t0
+        with torch.no_grad():
+            lg = [dec(e[None], tokens)[0, 0].numpy() for e in v_embs]
+        sc = fg_scores(gt, to_native(stitch(lg, val.fg.shape, spec.input_px), gt.shape))
+        row = {"config": name, "mpp": mpp, "recipe": dataclasses.asdict(recipe),
+               "fold_held_out": held, "train_tiles": len(embs), "train_s": round(train_s, 1),
+               "loss_first": round(losses[0], 4),
+               "loss_last10": round(float(np.mean(losses[-10:])), 4),
+               "val_dice": round(sc["dice"], 4), "val_iou": round(sc["iou"], 4)}
+        print(json.dumps(row), flush=True)
+        rows = json.loads(args.out.read_text()) if args.out.exists() else []
+        args.out.write_text(json.dumps(rows + [row], indent=1))
+
+
+if __name__ == "__main__":
+    main()
