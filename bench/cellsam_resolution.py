@@ -19,10 +19,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cellsam_fusion import head_maps  # noqa: E402
 from common import DATA, machine_info  # noqa: E402
 
 from wsisam.registry import WeightsSource, get_model, register  # noqa: E402
@@ -33,7 +33,7 @@ from wsisam.systems.cell_sam.instances import WatershedConfig  # noqa: E402
 from wsisam.systems.cell_sam.metrics import mean_scores, score  # noqa: E402
 from wsisam.systems.cell_sam.segment import instances_at_image  # noqa: E402
 from wsisam.systems.cell_sam.spec import HEAD_FILE, CellSamSpec  # noqa: E402
-from wsisam.systems.cell_sam.train import TrainConfig, image_crops, stitched_maps, train  # noqa: E402
+from wsisam.systems.cell_sam.train import TrainConfig, train  # noqa: E402
 from wsisam.systems.sam.export import load_model  # noqa: E402
 
 MONUSEG = DATA / "monuseg-train"
@@ -76,19 +76,10 @@ def main() -> None:
     head, _ = load_head(spec, args.work / tag / "model.train" / HEAD_FILE, "file")
     ws = WatershedConfig(*[float(v) for v in head.watershed])
     sam, _ = load_model(spec)
-
-    def encode(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return sam.encode(torch.from_numpy(x)).numpy()
-
-    def maps_fn(a: np.ndarray, e: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return head(torch.from_numpy(a), torch.from_numpy(e.astype(np.float32))).numpy()
-
     rows = []
     for stem in EVAL_IMAGES:
         img = load_image(MONUSEG / f"{stem}.tif", annotation_for(MONUSEG / f"{stem}.tif"))
-        maps = stitched_maps(image_crops(img, spec, encode, cache), maps_fn)
+        maps = head_maps(spec, head, sam, img, cache)
         rows.append({"image": stem, **score(img.labels, instances_at_image(
             maps, img, spec.head_mpp, ws))})
     result = {"variant": tag, "head_mpp": spec.head_mpp, "config": report["config"],
