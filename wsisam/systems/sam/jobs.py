@@ -86,7 +86,6 @@ class AutomaticJob(SlideJob):
     def __init__(self, rt: Any, ctx: SlideContext, auto: AutoConfig | None = None) -> None:
         self.rt, self.ctx = rt, ctx
         self.auto = auto or auto_config(ctx.options)
-        spec = rt.spec
         self.fluorescence = is_fluorescence(ctx.thumb)
         self.work_mpp, self.tile_px = self.tile_frame()
         self.sizes = TileSizes.of(self.auto, self.work_mpp)
