@@ -18,14 +18,6 @@ from wsisam.batch.slides import STAGE_PREFIX
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'wsisam[ray]'")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_three_slides_one_corrupt_then_rerun_skips(cluster, three_slides, tiny_model_dir,
                                                    tmp_path):
     out = tmp_path / "out"

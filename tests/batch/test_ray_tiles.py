@@ -4,7 +4,6 @@ plain run (what makes its timing comparable to the plain run's)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,14 +18,6 @@ pytest.importorskip("ray.data", reason="the tile fan-out needs Ray Data (pandas,
 
 # Report sections that must not depend on where the tiles ran (timings and pipeline do).
 SAME = ("tiles", "objects", "area_um2_per_class", "label_mask", "automatic", "tissue")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_tile_fanout_outputs_equal_a_plain_run(cluster, cmu_slide, tiny_model_dir, tmp_path):
