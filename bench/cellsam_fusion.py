@@ -39,6 +39,7 @@ from common import DATA, machine_info  # noqa: E402
 
 from wsisam.registry import WeightsSource, get_model, register  # noqa: E402
 from wsisam.runtime.preprocess import boxes_to_prompts, preprocess_image  # noqa: E402
+from wsisam.runtime.stain_norm import as_reference, normalise_to  # noqa: E402
 from wsisam.systems.cell_sam import EVAL_IMAGES  # noqa: E402
 from wsisam.systems.cell_sam.data import AnnotatedImage, annotation_for, load_image  # noqa: E402
 from wsisam.systems.cell_sam.export import load_head  # noqa: E402
@@ -127,7 +128,10 @@ def fuse(labels: np.ndarray, fg: np.ndarray, sam: dict[int, tuple[np.ndarray, tu
 
 def head_maps(spec: CellSamSpec, head: torch.nn.Module, sam: Any, img: AnnotatedImage,
               cache: Path) -> np.ndarray:
-    """(3, h, w) blended head maps of ``img`` at the head's µm/px."""
+    """(3, h, w) blended head maps of ``img`` at the head's µm/px (the image first normalised
+    to the head's stain reference, as the runtime does)."""
+    img = replace(img, rgb=normalise_to(img.rgb, as_reference(head.stain_ref.numpy()),
+                                        img.mpp / spec.head_mpp))
     def encode(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return sam.encode(torch.from_numpy(x)).numpy()

@@ -33,7 +33,7 @@ from wsisam.systems.cell_sam.instances import WatershedConfig  # noqa: E402
 from wsisam.systems.cell_sam.metrics import mean_scores, score  # noqa: E402
 from wsisam.systems.cell_sam.segment import instances_at_image  # noqa: E402
 from wsisam.systems.cell_sam.spec import HEAD_FILE, CellSamSpec  # noqa: E402
-from wsisam.systems.cell_sam.train import TrainConfig, train  # noqa: E402
+from wsisam.systems.cell_sam.train import STAIN_NORM, TrainConfig, train  # noqa: E402
 from wsisam.systems.sam.export import load_model  # noqa: E402
 
 MONUSEG = DATA / "monuseg-train"
@@ -59,15 +59,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--no-embedding", action="store_true")
     ap.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight)
+    ap.add_argument("--stain-norm", choices=STAIN_NORM, default=TrainConfig.stain_norm,
+                    help="Reinhard normalisation to the training set's colour: at inference, "
+                         "also of the training images, or off")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = variant(args.model, args.upscale, not args.no_embedding)
     cfg = TrainConfig(model=spec.name, steps=args.steps, distill_weight=args.distill_weight,
-                      use_embedding=not args.no_embedding)
+                      use_embedding=not args.no_embedding, stain_norm=args.stain_norm)
     tag = f"x{args.upscale}-s{args.steps}-d{args.distill_weight}" + \
-        ("-noemb" if args.no_embedding else "")
+        ("-noemb" if args.no_embedding else "") + f"-norm{args.stain_norm}"
     cache = args.work / f"cache-{spec.name}"
     t0 = time.perf_counter()
     report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,

@@ -30,7 +30,8 @@ from wsisam.systems.cell_sam import EVAL_IMAGES, TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.cell_sam.baseline import classical_nuclei
 from wsisam.systems.few_shot.support import load_support, read_rgb, tile_origins, tiles
-from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit, prototypes
+from wsisam.systems.few_shot.train import (Recipe, cached_embeddings, fit, prototypes,
+                                           stain_copies)
 from wsisam.systems.sam.export import load_model
 
 DATA = Path("/work/shared/data/monuseg-train")
@@ -124,7 +125,8 @@ def main() -> None:
 
     for k in ks:
         sup = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], spec.mpp, NATIVE_MPP)
-        s_embs, s_fgs = cached_embeddings(sam, spec, sup, args.cache_dir)
+        s_embs, s_fgs = cached_embeddings(sam, spec, stain_copies(sup, Recipe().stain_copies, 0),
+                                          args.cache_dir)
         sup_b = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], bspec.mpp, NATIVE_MPP)
         protos = prototypes(*cached_embeddings(sam, bspec, sup_b, args.cache_dir))
         for mode in args.modes.split(","):

@@ -22,7 +22,7 @@ from wsisam.registry import get_model
 from wsisam.systems.cell_sam import TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.few_shot.support import load_support, read_rgb
-from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit
+from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit, stain_copies
 from wsisam.systems.sam.export import load_model
 
 R = Recipe
@@ -41,6 +41,15 @@ CONFIGS: dict[str, tuple[float, Recipe]] = {
     "mix_default": (0.25, R()),
     "proto_default": (0.25, R(mode="proto")),
     "query_default": (0.25, R(mode="query")),
+    # longer fine-tuning, affordable since an idle cold K=5 run measured 2:41 (docs)
+    "s600": (0.25, R(steps=600)),
+    "s1000": (0.25, R(steps=1000)),
+    "s600_head10": (0.25, R(steps=600, head_lr_mult=10)),
+    "s600_lr1e3": (0.25, R(steps=600, lr=1e-3)),
+    "s600_b4": (0.25, R(steps=600, batch=4)),
+    "stain1": (0.25, R(stain_copies=1)),
+    "stain2": (0.25, R(stain_copies=2)),
+    "s600_stain2": (0.25, R(steps=600, stain_copies=2)),
 }
 
 
@@ -66,7 +75,8 @@ def main() -> None:
             recipe = dataclasses.replace(recipe, steps=args.steps)
         spec = dataclasses.replace(spec0, mpp=mpp)
         sup = load_support([DATA / f"{s}.tif" for s in names], mpp, NATIVE_MPP)
-        embs, fgs = cached_embeddings(sam, spec, sup, args.cache_dir, progress=False)
+        embs, fgs = cached_embeddings(sam, spec, stain_copies(sup, recipe.stain_copies, 0),
+                                      args.cache_dir, progress=False)
         val = load_support([DATA / f"{held}.tif"], mpp, NATIVE_MPP)[0]
         v_embs, _ = cached_embeddings(sam, spec, [val], args.cache_dir, progress=False)
         t0 = time.time()

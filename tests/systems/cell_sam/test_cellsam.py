@@ -61,6 +61,7 @@ def test_nuclei_job_on_cmu1_writes_every_output(test_cellsam_dir: Path, tmp_path
     assert "nuclei" in report["objects"] and report["tiles"]["processed"] > 0
     assert report["model"]["random_init"] is True
     assert report["automatic"]["fusion"] == "off"
+    assert report["automatic"]["stain_norm"].startswith("off")  # a random head has no reference
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +219,25 @@ def test_training_resumes_after_kill_and_exports(tmp_path: Path) -> None:
     assert set(manifest["system_details"]["watershed"]) == {"fg_thresh", "centre_thresh",
                                                             "boundary_thresh"}
     assert not out.with_name("model.train").exists()
+    # trained with colour normalisation: the reference is the training images' own statistics,
+    # and a slide's tiles are normalised to it at run time
+    import numpy as np
+
+    from wsisam.runtime.segment import RunConfig, run_slide
+    from wsisam.runtime.stain_norm import lab_stats
+    from wsisam.registry import get_model
+    from wsisam.systems.cell_sam.data import annotation_for, load_image
+
+    head_mpp = get_model("test-cellsam").head_mpp  # the runtime measures tiles in this frame
+    want = lab_stats([load_image(data / f"{stem}.tif", annotation_for(data / f"{stem}.tif"))
+                      .at(head_mpp)[0] for stem in TWO])
+    got = np.array(manifest["system_details"]["stain_ref"])
+    assert np.allclose(got, want, atol=1e-3)
+    slide = need(DATA / "CMU-1-Small-Region.svs")
+    run = run_slide(RunConfig(slide=slide, out_dir=tmp_path / "run", model_dir=out)).report
+    stain = run["automatic"]["stain_norm"]
+    assert stain["method"] == "reinhard-lab" and np.allclose(
+        stain["reference_lab_mean_std"], got, atol=0.01)
 
 
 @pytest.mark.parametrize("case", ["no_annotations", "out_of_bounds", "bad_xml", "wrong_stem"])

@@ -192,3 +192,23 @@ def test_precision_fp16(tmp_path: Path) -> None:
                      parity_slides=[], precision="fp16", calib=[slide], calib_tiles=4)
     assert (tmp_path / "fp16" / "decoder.onnx").exists()
     assert rep["precision"] == "fp16", rep.get("precision")
+
+
+def test_stain_copies_recolour_pixels_not_masks() -> None:
+    """Re-coloured support copies: seeded, their own cache digests, the same masks, tissue
+    colour moved within the configured range."""
+    _need_data()
+    from wsisam.runtime.stain_norm import SHIFT_LAB, lab_stats
+    from wsisam.systems.few_shot.support import load_support
+    from wsisam.systems.few_shot.train import stain_copies
+
+    sup = load_support([DATA / f"{STEM}.tif"], 0.5, 0.2527)
+    a, b = stain_copies(sup, 2, seed=0), stain_copies(sup, 2, seed=0)
+    assert [im.stem for im in a] == [STEM, f"{STEM}~stain1", f"{STEM}~stain2"]
+    assert len({im.digest for im in a}) == 3
+    assert all(np.array_equal(im.fg, sup[0].fg) for im in a)
+    assert all(np.array_equal(x.rgb, y.rgb) for x, y in zip(a, b))
+    base = lab_stats([sup[0].rgb])
+    for im in a[1:]:
+        shift = np.abs(lab_stats([im.rgb])[0] - base[0])
+        assert shift.max() > 0.5 and (shift <= np.array(SHIFT_LAB) + 2.0).all()

@@ -33,6 +33,7 @@ def load_head(spec: CellSamSpec, path: Path | None, source: str) -> tuple[CellHe
     sha = None
     if path is not None:
         state, sha = read_pinned(spec, "head", path, source)
+        state.setdefault("stain_ref", torch.zeros(2, 3))  # heads trained before normalisation
         load_weights(head, state, spec, "head")
     return head.eval(), sha
 
@@ -50,7 +51,8 @@ class CellSamExportPlan(ExportPlan):
                      "sha256": sha}
         random = sam_prov["source"] == "random-init" or source == "random-init"
         return CellSam(sam, head), {**sam_prov, "head": head_prov, "random_init": random,
-                                    "watershed": [round(float(v), 4) for v in head.watershed]}
+                                    "watershed": [round(float(v), 4) for v in head.watershed],
+                                    "stain_ref": head.stain_ref.tolist()}
 
     def graphs(self, model: CellSam) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         g = torch.Generator().manual_seed(1)
@@ -66,4 +68,5 @@ class CellSamExportPlan(ExportPlan):
         return {"head": provenance["head"], "embed_stride": self.spec.embed_stride,
                 "head_arch": asdict(self.spec.head), "head_mpp": self.spec.head_mpp,
                 "watershed": {"fg_thresh": fg, "centre_thresh": centre,
-                              "boundary_thresh": boundary}}
+                              "boundary_thresh": boundary},
+                "stain_ref": provenance["stain_ref"]}

@@ -60,6 +60,9 @@ class CellHead(nn.Module):
         # seeded-watershed thresholds (fg, centre, boundary) chosen after training; kept in the
         # weights file so that a head and its thresholds travel together
         self.register_buffer("watershed", torch.tensor(WATERSHED_DEFAULTS))
+        # the training set's tissue colour statistics (L*a*b* mean, std; runtime.stain_norm)
+        # that every input is normalised to; zeros: trained without normalisation
+        self.register_buffer("stain_ref", torch.zeros(2, 3))
 
     def features(self, image: torch.Tensor, image_embeddings: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:

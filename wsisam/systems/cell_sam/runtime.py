@@ -25,6 +25,7 @@ from wsisam.errors import SlideError
 from wsisam.runtime.compare import Stats, random_images
 from wsisam.runtime.outputs import OutputSink
 from wsisam.runtime.pipeline import PipelineConfig, Stage
+from wsisam.runtime.stain_norm import as_reference, lab_stats, normalise
 from wsisam.runtime.tissue import TissueTile
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
 from wsisam.systems.cell_sam.fusion import TERRITORY_UM, fuse, sam_masks
@@ -36,6 +37,7 @@ from wsisam.systems.sam.jobs import AutomaticJob, TileWork
 from wsisam.systems.sam.runtime import SamRuntime
 
 METHOD = "cellsam-head-watershed"
+STAIN_SAMPLE_TILES = 16  # tiles spread over the plan whose tissue gives the slide's colour
 
 
 class CellSamRuntime(SamRuntime):
@@ -55,6 +57,12 @@ class CellSamRuntime(SamRuntime):
         trained = manifest.get("system_details", {}).get("watershed", {})
         given = {k: v for k, v in (options or {}).items() if v is not None}
         return replace(WatershedConfig(), **{**trained, **given})
+
+    def stain_reference(self) -> np.ndarray | None:
+        """The training set's colour statistics (2, 3) that tiles are normalised to, or None
+        for a head trained without normalisation."""
+        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
+        return as_reference(manifest.get("system_details", {}).get("stain_ref"))
 
     def job(self, mode: str, ctx: SlideContext) -> SlideJob:
         return NucleiJob(self, ctx)
@@ -137,6 +145,9 @@ class NucleiJob(AutomaticJob):
         self.ws = rt.watershed({k: ctx.options.get(k) for k in
                                 ("fg_thresh", "centre_thresh", "boundary_thresh")})
         self.fusion = ctx.options.get("fusion") or "off"
+        self.stain_ref = rt.stain_reference()
+        self.slide_stain = None if self.stain_ref is None else lab_stats(
+            self.sample_tiles(STAIN_SAMPLE_TILES))
 
     def stages(self) -> list[Stage]:
         pipe: PipelineConfig = self.ctx.pipeline
@@ -152,7 +163,8 @@ class NucleiJob(AutomaticJob):
 
     def _prepare(self, work: NucleusWork) -> NucleusWork:  # type: ignore[override]
         if not work.error:
-            work.image, work.encoder_image = tile_inputs(work.rgb, self.rt.spec)
+            rgb = normalise(work.rgb, self.slide_stain, self.stain_ref)
+            work.image, work.encoder_image = tile_inputs(rgb, self.rt.spec)
         work.rgb = None
         return work
 
@@ -194,6 +206,16 @@ class NucleiJob(AutomaticJob):
         return fuse(labels, work.maps[0], ids, logits, scores, TERRITORY_UM / self.work_mpp,
                     self.fusion)
 
+    def _stain_report(self) -> dict[str, Any] | str:
+        if self.stain_ref is None:
+            return "off (head trained without it)"
+        if self.slide_stain is None:
+            return "off (too little tissue in the sampled tiles)"
+        return {"method": "reinhard-lab", "sampled_tiles": min(STAIN_SAMPLE_TILES,
+                                                                len(self.tiles)),
+                "slide_lab_mean_std": self.slide_stain.round(2).tolist(),
+                "reference_lab_mean_std": self.stain_ref.round(2).tolist()}
+
     def finish(self, sink: OutputSink, seconds: float) -> dict[str, Any]:
         out = super().finish(sink, seconds)
         c = self.counts
@@ -201,7 +223,8 @@ class NucleiJob(AutomaticJob):
                             "watershed": {k: getattr(self.ws, k) for k in
                                           ("fg_thresh", "centre_thresh", "boundary_thresh",
                                            "min_object_um2")},
-                            "work_mpp": self.work_mpp, "fusion": self.fusion}
+                            "work_mpp": self.work_mpp, "fusion": self.fusion,
+                            "stain_norm": self._stain_report()}
         out["objects"] = {"class": self.auto.object_class, "count": c["objects"],
                           "nuclei": c["objects"], "instances_in_tiles": c["passed_filters"],
                           "owned": c["owned"], "seam_duplicates_removed": c["seam_duplicates"]}

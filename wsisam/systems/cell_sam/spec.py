@@ -119,7 +119,7 @@ register(cellsam_spec(
                 "MoNuSeg (non-commercial, CC BY-NC-SA 4.0 derived weights)",
     weights={"sam": _LITE.weights["sam"],
              "head": WeightsSource(kind="wheel", package="wsisam", resource=HEAD_RESOURCE,
-                                   sha256_prefix="792ecf41",
+                                   sha256_prefix="0e7319e9",
                                    install_hint="pip install wsisam (the head ships inside it)",
                                    filename=HEAD_FILE)},
 ))

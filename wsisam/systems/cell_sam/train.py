@@ -31,6 +31,7 @@ from wsisam.runtime.writers.report import write_json
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
 from wsisam.runtime.segment import peak_rss_mb
+from wsisam.runtime.stain_norm import lab_stats, normalise_to
 from wsisam.systems.cell_sam.data import AnnotatedImage, find_pairs, load_image
 from wsisam.systems.cell_sam.instances import WatershedConfig, targets_from_labels
 from wsisam.systems.cell_sam.metrics import mean_scores, score
@@ -56,6 +57,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     distill_weight: float = 0.5
     use_embedding: bool = True
+    # the training set's colour is the reference that inputs are normalised to at inference
+    # ("inference"); "train" also normalises the training images; "off": no reference.
+    # Measured (docs/benchmarks.md, CellSAM): "inference" wins, training on the images'
+    # own colours keeps the head robust to what the normalisation leaves
+    stain_norm: str = "inference"
     seed: int = 0
     mpp: float | None = None  # image µm/px when the annotations don't say
 
@@ -73,6 +79,15 @@ class Crop:
     targets: np.ndarray
     embedding: np.ndarray
     origin: tuple[int, int]
+
+
+STAIN_NORM = ("off", "inference", "train")
+
+
+def stain_reference(images: list[AnnotatedImage], work_mpp: float) -> np.ndarray | None:
+    """(2, 3) pooled tissue L*a*b* statistics of ``images`` at ``work_mpp`` (the frame the
+    runtime measures a slide's tiles in)."""
+    return lab_stats([im.at(work_mpp)[0] for im in images])
 
 
 # --- data: crops and cached embeddings ----------------------------------------------------------
@@ -215,6 +230,12 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
             raise ConfigError(f"images not in {data_dir}: {', '.join(missing)}")
         pairs = [p for p in pairs if p[0].stem in images]
     loaded = [load_image(i, a, cfg.mpp) for i, a in pairs]  # annotation errors surface here
+    if cfg.stain_norm not in STAIN_NORM:
+        raise ConfigError(f"stain_norm {cfg.stain_norm!r} is not one of {', '.join(STAIN_NORM)}")
+    stain_ref = None if cfg.stain_norm == "off" else stain_reference(loaded, spec.head_mpp)
+    if cfg.stain_norm == "train":
+        loaded = [replace(im, rgb=normalise_to(im.rgb, stain_ref, im.mpp / spec.head_mpp))
+                  for im in loaded]
     stems = [im.stem for im in loaded]
     work = model_dir.with_name(model_dir.name + ".train")
     work.mkdir(parents=True, exist_ok=True)
@@ -234,6 +255,8 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
     t_cache = time.perf_counter() - t0
 
     head = build_head(spec.head, spec.embed_dim, spec.head_stride, cfg.seed, training=True)
+    if stain_ref is not None:
+        head.stain_ref.copy_(torch.from_numpy(stain_ref))
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
 from wsisam.runtime.preprocess import preprocess_image
+from wsisam.runtime.stain_norm import lab_stats, normalise, random_target
 from wsisam.systems.few_shot.spec import FewShotSpec
 from wsisam.systems.few_shot.support import SupportImage, load_support, modality, tiles
 from wsisam.systems.sam.export import load_model
@@ -102,6 +103,20 @@ def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportIma
     return torch.stack(embs), torch.stack(fgs)
 
 
+def stain_copies(images: list[SupportImage], n: int, seed: int) -> list[SupportImage]:
+    """``n`` seeded re-coloured copies of every support image (same masks), after the originals;
+    each copy's digest is of its own pixels, so the embedding cache keeps them apart."""
+    rng = np.random.default_rng(seed)
+    out = list(images)
+    for k in range(n):
+        for im in images:
+            stats = lab_stats([im.rgb])
+            rgb = normalise(im.rgb, stats, None if stats is None else random_target(stats, rng))
+            out.append(dataclasses.replace(im, stem=f"{im.stem}~stain{k + 1}", rgb=rgb,
+                                           digest=hashlib.sha256(rgb.tobytes()).hexdigest()))
+    return out
+
+
 def dice_bce(logits: Tensor, target: Tensor) -> Tensor:
     """BCE + soft Dice of (B,1,H,W) logits vs {0,1} targets."""
     p = logits.sigmoid()
@@ -137,6 +152,9 @@ class Recipe:
     # off: the encoder is not flip/rotation-equivariant, and held-out support Dice was higher
     augment: bool = False
     norm_protos: bool = False
+    # re-coloured copies of each support image (runtime.stain_norm.random_target), encoded
+    # like the originals: other sites' stains seen in the pixels, at one encoder pass a tile
+    stain_copies: int = 0
 
     def tag(self) -> str:
         """A short stable name of this recipe (checkpoint keys, reports)."""
@@ -259,7 +277,8 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
     sam, _ = load_model(get_model(spec.base))
     cache = cache_dir or Path(os.environ.get("WSISAM_CACHE", Path.home() / ".cache" / "wsisam")) \
         / "fewshot-embeddings"
-    embs, fgs = cached_embeddings(sam, spec, images, cache, progress)
+    embs, fgs = cached_embeddings(sam, spec, stain_copies(images, recipe.stain_copies, seed),
+                                  cache, progress)
     t_enc = time.time() - t0
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
     try:

@@ -116,15 +116,23 @@ class AutomaticJob(SlideJob):
     def _stain_threshold(self) -> float | None:
         """The slide-wide blob threshold from up to ``threshold_tiles`` tiles spread over the
         plan (unreadable ones are left out); None when none is asked for or readable."""
-        n = min(self.auto.threshold_tiles, len(self.tiles))
-        if self.auto.prompt_scheme != "boxes" or n == 0:
+        if self.auto.prompt_scheme != "boxes" or self.auto.threshold_tiles == 0:
             return None
+        return slide_stain_threshold(self.sample_tiles(self.auto.threshold_tiles),
+                                     self.fluorescence)
+
+    def sample_tiles(self, n: int) -> list[np.ndarray]:
+        """RGB (tile_px, tile_px, 3) uint8 of up to ``n`` tiles spread evenly over the plan, for
+        slide-wide statistics (unreadable ones left out)."""
+        n = min(n, len(self.tiles))
+        if n == 0:
+            return []
         sample = []
         for i in np.linspace(0, len(self.tiles) - 1, n).round().astype(int):
             work = self._read(self.tiles[i])
             if not work.error:
                 sample.append(work.rgb)
-        return slide_stain_threshold(sample, self.fluorescence)
+        return sample
 
     # --- stages (each runs on pipeline threads) ---------------------------------------------
 
