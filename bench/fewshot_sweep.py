@@ -47,6 +47,8 @@ CONFIGS: dict[str, tuple[float, Recipe]] = {
     "s600_head10": (0.25, R(steps=600, head_lr_mult=10)),
     "s600_lr1e3": (0.25, R(steps=600, lr=1e-3)),
     "s600_b4": (0.25, R(steps=600, batch=4)),
+    "s600_proto": (0.25, R(steps=600, mode="proto")),
+    "s600_query": (0.25, R(steps=600, mode="query")),
     "stain1": (0.25, R(stain_copies=1)),
     "stain2": (0.25, R(stain_copies=2)),
     "s600_stain2": (0.25, R(steps=600, stain_copies=2)),
@@ -60,7 +62,8 @@ def main() -> None:
     ap.add_argument("--mpp", type=float, default=None, help="override the config's µm/px")
     ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
     ap.add_argument("-o", "--out", type=Path, default=Path("bench/fewshot_sweep.json"))
-    ap.add_argument("--cache-dir", type=Path, default=Path("/work/scratch/fs13/cache"))
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path.home() / ".cache/wsisam/fewshot-embeddings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec0 = get_model("fewshot")

@@ -143,10 +143,10 @@ class Recipe:
     the embedding-space dihedral augmentation."""
 
     mode: str = "mix"
-    steps: int = 200
+    steps: int = 600
     batch: int = 2
     lr: float = 3e-4
-    head_lr_mult: float = 1.0
+    head_lr_mult: float = 10.0
     warmup: int = 10
     cosine: bool = True
     # off: the encoder is not flip/rotation-equivariant, and held-out support Dice was higher
