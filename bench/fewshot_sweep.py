@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 from fewshot_curve import DATA, NATIVE_MPP, fg_scores, stitch, to_native
 from wsisam.registry import get_model
+from wsisam.runtime.stain_norm import lab_stats, normalise_to
 from wsisam.systems.cell_sam import TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.few_shot.support import load_support, read_rgb
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--fold", type=int, default=4, help="held-out index in TRAIN_IMAGES[:5]")
     ap.add_argument("--mpp", type=float, default=None, help="override the config's µm/px")
     ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    ap.add_argument("--stain-norm", action="store_true",
+                    help="also score the held-out image Reinhard-normalised to the support's colour")
     ap.add_argument("-o", "--out", type=Path, default=Path("bench/fewshot_sweep.json"))
     ap.add_argument("--cache-dir", type=Path,
                     default=Path.home() / ".cache/wsisam/fewshot-embeddings")
@@ -85,14 +89,26 @@ def main() -> None:
         t0 = time.time()
         dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=0, progress=False)
         train_s = time.time() - t0
-        with torch.no_grad():
-            lg = [dec(e[None], tokens)[0, 0].numpy() for e in v_embs]
-        sc = fg_scores(gt, to_native(stitch(lg, val.fg.shape, spec.input_px), gt.shape))
+        def val_dice(embeddings: torch.Tensor) -> dict[str, float]:
+            with torch.no_grad():
+                lg = [dec(e[None], tokens)[0, 0].numpy() for e in embeddings]
+            return fg_scores(gt, to_native(stitch(lg, val.fg.shape, spec.input_px), gt.shape))
+
+        sc = val_dice(v_embs)
+        if args.stain_norm:  # the held-out image normalised to the training images' colour
+            rgb = normalise_to(val.rgb, lab_stats([im.rgb for im in sup]))
+            normed = dataclasses.replace(val, rgb=rgb,
+                                         digest=hashlib.sha256(rgb.tobytes()).hexdigest())
+            n_embs, _ = cached_embeddings(sam, spec, [normed], args.cache_dir, progress=False)
+            sc_norm = val_dice(n_embs)
         row = {"config": name, "mpp": mpp, "recipe": dataclasses.asdict(recipe),
                "fold_held_out": held, "train_tiles": len(embs), "train_s": round(train_s, 1),
                "loss_first": round(losses[0], 4),
                "loss_last10": round(float(np.mean(losses[-10:])), 4),
                "val_dice": round(sc["dice"], 4), "val_iou": round(sc["iou"], 4)}
+        if args.stain_norm:
+            row.update(val_dice_stain_norm=round(sc_norm["dice"], 4),
+                       val_iou_stain_norm=round(sc_norm["iou"], 4))
         print(json.dumps(row), flush=True)
         rows = json.loads(args.out.read_text()) if args.out.exists() else []
         args.out.write_text(json.dumps(rows + [row], indent=1))

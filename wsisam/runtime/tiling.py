@@ -153,3 +153,12 @@ def _mask_scale(level0_wh: tuple[int, int], mask: np.ndarray,
     if isinstance(mask_downsample, (int, float)):
         return float(mask_downsample), float(mask_downsample)
     return float(mask_downsample[0]), float(mask_downsample[1])
+
+
+def spread(tiles: Sequence[TileRequest], n: int) -> list[TileRequest]:
+    """Up to ``n`` tiles spread evenly over a plan (first and last included), for slide-wide
+    statistics from a sample."""
+    n = min(n, len(tiles))
+    if n <= 0:
+        return []
+    return [tiles[i] for i in np.linspace(0, len(tiles) - 1, n).round().astype(int)]

@@ -58,6 +58,7 @@ def test_train_tiny_writes_model_dir_and_resumes(tmp_path: Path) -> None:
     rep = json.loads((out / "train_report.json").read_text())
     assert rep["support"] == [STEM] and rep["tiles"] == 4 and len(rep["losses"]) == 20
     assert rep["peak_rss_mb"] > 0 and rep["modality"] == "brightfield"
+    assert rep["stain_ref"] is None  # colour normalisation is off unless asked for
     bank = np.load(out / "support_bank.npz")
     assert bank["tokens"].shape == (2, get_model("test-fewshot").embed_dim)
     assert len(list(cache.glob("test-tinyvit-*.npy"))) == 4  # embeddings cached per tile
@@ -120,7 +121,7 @@ def _tiny_model(tmp: Path) -> Path:
     _need_data()
     out = tmp / "model"
     res = _train([str(_support(tmp)), "-o", str(out), "--steps", "5", "--cache-dir",
-                  str(tmp / "cache"), "--parity-slide", "none"])
+                  str(tmp / "cache"), "--parity-slide", "none", "--stain-norm"])
     assert res.exit_code == 0, res.output
     return out
 
@@ -132,8 +133,14 @@ def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
     rep = json.loads((model / "export_report.json").read_text())
     assert rep["parity"]["failures"] == []
     assert rep["parity"]["random"]["decoder_logits"]["max_abs"] <= 1e-4
-    assert json.loads((model / "manifest.json").read_text())["system_details"]["modality"] \
-        == "brightfield"
+    details = json.loads((model / "manifest.json").read_text())["system_details"]
+    assert details["modality"] == "brightfield"
+    # the support's colour, at the model's µm/px, is the reference slides are normalised to
+    from wsisam.runtime.stain_norm import lab_stats
+    from wsisam.systems.few_shot.support import load_support
+
+    sup = load_support([tmp_path / f"{STEM}.tif"], get_model("test-fewshot").mpp)
+    assert np.allclose(details["stain_ref"], lab_stats([sup[0].rgb]), atol=1e-3)
     slide = SLIDES / "CMU-1-Small-Region.svs"
     if not slide.exists():
         pytest.skip(f"slide absent: {slide}")
@@ -149,6 +156,9 @@ def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
     assert tifffile.imread(out / "CMU-1-Small-Region.mask.tif").max() <= 1
     assert (out / "CMU-1-Small-Region.overlay.png").stat().st_size > 0
     assert set(r["area_um2_per_class"]) <= {"Support structure"}
+    stain = r["few_shot"]["stain_norm"]
+    assert stain["method"] == "reinhard-lab"
+    assert np.allclose(stain["reference_lab_mean_std"], details["stain_ref"], atol=0.01)
 
 
 def test_fluorescence_slide_refused_in_one_line(tmp_path: Path) -> None:

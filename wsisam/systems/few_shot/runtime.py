@@ -17,7 +17,8 @@ from wsisam.runtime.compare import Stats, random_images
 from wsisam.runtime.pipeline import Stage
 from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.slide import read_region_at
-from wsisam.runtime.tiling import TileRequest, plan_tiles
+from wsisam.runtime.stain_norm import as_reference, lab_stats, normalise
+from wsisam.runtime.tiling import TileRequest, plan_tiles, spread
 from wsisam.runtime.writers.geojson import mask_to_polygons
 from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
 from wsisam.systems.few_shot.spec import FewShotSpec
@@ -25,14 +26,22 @@ from wsisam.systems.few_shot.support import modality
 
 CLASS_NAME = "Support structure"
 OVERLAP_PX = 32  # model-input px of context shared by neighbouring tiles
+STAIN_SAMPLE_TILES = 16  # tiles spread over the plan whose tissue gives the slide's colour
 
 
 class FewShotRuntime(SystemRuntime):
     spec: FewShotSpec
 
-    def support_modality(self) -> str | None:
+    def _details(self) -> dict[str, Any]:
         manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
-        return manifest.get("system_details", {}).get("modality")
+        return manifest.get("system_details", {})
+
+    def support_modality(self) -> str | None:
+        return self._details().get("modality")
+
+    def stain_reference(self) -> np.ndarray | None:
+        """The support set's colour statistics (2, 3) that slides are normalised to, or None."""
+        return as_reference(self._details().get("stain_ref"))
 
     def fg_logits(self, image_nchw: np.ndarray) -> np.ndarray:
         """(B,3,n,n) preprocessed → (B,n',n') foreground logits (model-input frame, 4h×4w)."""
@@ -102,6 +111,10 @@ class FewShotJob(SlideJob):
                                 level_downsamples=tuple(ctx.reader.level_downsamples))
         self.parts: list[Any] = []
         self.skipped: list[int] = []
+        self.stain_ref = rt.stain_reference()
+        self.slide_stain = None if self.stain_ref is None else lab_stats(
+            [rgb for t in spread(self.tiles, STAIN_SAMPLE_TILES)
+             if (rgb := self._rgb(t)) is not None])
 
     def label_mpp(self) -> float:
         return self.rt.spec.mpp
@@ -112,10 +125,17 @@ class FewShotJob(SlideJob):
     def stages(self) -> list[Stage]:
         return [Stage("read", self._read), Stage("infer", self._infer)]
 
+    def _rgb(self, tile: TileRequest) -> np.ndarray | None:
+        try:
+            return read_region_at(self.ctx.reader, tile.box_l0, self.rt.spec.input_px)
+        except TileReadError:
+            return None
+
     def _read(self, tile: TileRequest) -> Work:
         w = Work(tile)
         try:
             rgb = read_region_at(self.ctx.reader, tile.box_l0, self.rt.spec.input_px)
+            rgb = normalise(rgb, self.slide_stain, self.stain_ref)
             w.image = preprocess_image(rgb, self.rt.spec.preprocess)[0][None]
         except TileReadError as exc:
             w.error = str(exc)
@@ -147,8 +167,13 @@ class FewShotJob(SlideJob):
             if p.geom_type in ("Polygon", "MultiPolygon") and p.area > 0:
                 sink.add(p, {"region": i}, object_type="annotation", classification=CLASS_NAME,
                          label=1)
+        stain = ("off" if self.stain_ref is None or self.slide_stain is None else
+                 {"method": "reinhard-lab", "slide_lab_mean_std":
+                  self.slide_stain.round(2).tolist(),
+                  "reference_lab_mean_std": self.stain_ref.round(2).tolist()})
         return {"few_shot": {"regions": len(polys), "support_modality":
-                             self.rt.support_modality(), "area_um2": sink.area_um2()},
+                             self.rt.support_modality(), "area_um2": sink.area_um2(),
+                             "stain_norm": stain},
                 "objects": {"count": len(polys), "class": CLASS_NAME,
                             "area_um2": sink.area_um2()},
                 "throughput": {"tiles_per_s": round(len(self.tiles) / max(seconds, 1e-9), 3)},

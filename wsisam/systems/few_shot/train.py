@@ -255,7 +255,7 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
           steps: int | None = None, mode: str | None = None, seed: int = 0,
           cache_dir: Path | None = None,
           progress: bool = True, export: bool = True,
-          parity_slides: list[Path] | None = None) -> dict[str, Any]:
+          parity_slides: list[Path] | None = None, stain_norm: bool = False) -> dict[str, Any]:
     """Validate, encode (cached), fine-tune, and write MODEL_DIR atomically (decoder.pt,
     support_bank.npz, train_report.json). ``steps``/``mode`` override :class:`Recipe`'s
     defaults. Nothing is written on bad input."""
@@ -273,6 +273,10 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
     mods = {modality(im.rgb) for im in images}
     if len(mods) > 1:
         raise ConfigError("support images mix brightfield and fluorescence; give one modality")
+    # ``stain_norm``: slides normalised to the support's colour at run time; off by default,
+    # it lost on the support-only fold 0 (docs/benchmarks.md "Few-shot SAM")
+    stain_ref = lab_stats([im.rgb for im in images]) if stain_norm and \
+        "brightfield" in mods else None
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sam, _ = load_model(get_model(spec.base))
     cache = cache_dir or Path(os.environ.get("WSISAM_CACHE", Path.home() / ".cache" / "wsisam")) \
@@ -292,7 +296,9 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
         report = {"model": model, "base": spec.base, "mode": mode, "seed": seed, "steps": steps,
                   "recipe": dataclasses.asdict(recipe), "mpp": spec.mpp,
                   "support": [im.stem for im in images], "modality": mods.pop(),
-                  "tiles": len(embs), "loss_first": losses[0] if losses else None,
+                  "tiles": len(embs), "stain_ref": None if stain_ref is None else
+                  stain_ref.round(4).tolist(),
+                  "loss_first": losses[0] if losses else None,
                   "loss_last": float(np.mean(losses[-10:])) if losses else None,
                   "losses": losses, "encode_s": round(t_enc, 1),
                   "total_s": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -337,14 +343,16 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
               help="export the ONNX graphs (parity-checked) into MODEL_DIR")
 @click.option("--parity-slide", "parity_slides", multiple=True, type=click.Path(path_type=Path),
               help="slides for export parity tiles (default ../shared/data); 'none': random only")
+@click.option("--stain-norm/--no-stain-norm", default=False, show_default=True,
+              help="normalise each slide's colour to the support set's at run time (brightfield)")
 def train_command(support: tuple[Path, ...], out_dir: Path, model: str, mpp: float | None,
                   steps: int | None, mode: str | None, seed: int, cache_dir: Path | None, export: bool,
-                  parity_slides: tuple[Path, ...]) -> None:
+                  parity_slides: tuple[Path, ...], stain_norm: bool) -> None:
     """Fine-tune a few-shot SAM decoder on annotated SUPPORT images."""
     slides = None if not parity_slides else [p for p in parity_slides if str(p) != "none"]
     try:
         rep = train(list(support), out_dir, model, mpp, steps, mode, seed, cache_dir,
-                    export=export, parity_slides=slides)
+                    export=export, parity_slides=slides, stain_norm=stain_norm)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out_dir}: {len(rep['support'])} support images, {rep['tiles']} tiles, "

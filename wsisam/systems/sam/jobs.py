@@ -37,7 +37,7 @@ from wsisam.runtime.preprocess import (InputGeometry, boxes_to_prompts, points_t
                                        preprocess_image)
 from wsisam.runtime.prompt_input import Prompt
 from wsisam.runtime.slide import read_region_at
-from wsisam.runtime.tiling import TileRequest, plan_tiles
+from wsisam.runtime.tiling import TileRequest, plan_tiles, spread
 from wsisam.runtime.tissue import is_fluorescence
 from wsisam.runtime.writers.geojson import mask_to_polygons
 from wsisam.systems.contract import SlideContext, SlideJob
@@ -124,15 +124,8 @@ class AutomaticJob(SlideJob):
     def sample_tiles(self, n: int) -> list[np.ndarray]:
         """RGB (tile_px, tile_px, 3) uint8 of up to ``n`` tiles spread evenly over the plan, for
         slide-wide statistics (unreadable ones left out)."""
-        n = min(n, len(self.tiles))
-        if n == 0:
-            return []
-        sample = []
-        for i in np.linspace(0, len(self.tiles) - 1, n).round().astype(int):
-            work = self._read(self.tiles[i])
-            if not work.error:
-                sample.append(work.rgb)
-        return sample
+        works = [self._read(t) for t in spread(self.tiles, n)]
+        return [w.rgb for w in works if not w.error]
 
     # --- stages (each runs on pipeline threads) ---------------------------------------------
 
