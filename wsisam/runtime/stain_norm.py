@@ -88,3 +88,15 @@ def random_target(stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mean = stats[0] + rng.uniform(-1, 1, 3) * np.asarray(SHIFT_LAB)
     std = stats[1] * rng.uniform(*STD_SCALE, 3)
     return np.stack([mean, std]).astype(np.float32)
+
+
+def describe(slide: np.ndarray | None, reference: np.ndarray | None, off_reason: str
+             ) -> dict[str, object] | str:
+    """What a run's report says about normalisation: the method and both statistics, or why
+    it was off (``off_reason`` when the model has no reference)."""
+    if reference is None:
+        return f"off ({off_reason})"
+    if slide is None:
+        return "off (too little tissue in the sampled tiles)"
+    return {"method": "reinhard-lab", "slide_lab_mean_std": slide.round(2).tolist(),
+            "reference_lab_mean_std": reference.round(2).tolist()}

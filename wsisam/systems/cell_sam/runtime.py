@@ -25,7 +25,7 @@ from wsisam.errors import SlideError
 from wsisam.runtime.compare import Stats, random_images
 from wsisam.runtime.outputs import OutputSink
 from wsisam.runtime.pipeline import PipelineConfig, Stage
-from wsisam.runtime.stain_norm import as_reference, lab_stats, normalise
+from wsisam.runtime.stain_norm import as_reference, describe, lab_stats, normalise
 from wsisam.runtime.tissue import TissueTile
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
 from wsisam.systems.cell_sam.fusion import TERRITORY_UM, fuse, sam_masks
@@ -206,16 +206,6 @@ class NucleiJob(AutomaticJob):
         return fuse(labels, work.maps[0], ids, logits, scores, TERRITORY_UM / self.work_mpp,
                     self.fusion)
 
-    def _stain_report(self) -> dict[str, Any] | str:
-        if self.stain_ref is None:
-            return "off (head trained without it)"
-        if self.slide_stain is None:
-            return "off (too little tissue in the sampled tiles)"
-        return {"method": "reinhard-lab", "sampled_tiles": min(STAIN_SAMPLE_TILES,
-                                                                len(self.tiles)),
-                "slide_lab_mean_std": self.slide_stain.round(2).tolist(),
-                "reference_lab_mean_std": self.stain_ref.round(2).tolist()}
-
     def finish(self, sink: OutputSink, seconds: float) -> dict[str, Any]:
         out = super().finish(sink, seconds)
         c = self.counts
@@ -224,7 +214,8 @@ class NucleiJob(AutomaticJob):
                                           ("fg_thresh", "centre_thresh", "boundary_thresh",
                                            "min_object_um2")},
                             "work_mpp": self.work_mpp, "fusion": self.fusion,
-                            "stain_norm": self._stain_report()}
+                            "stain_norm": describe(self.slide_stain, self.stain_ref,
+                                                   "head trained without a reference")}
         out["objects"] = {"class": self.auto.object_class, "count": c["objects"],
                           "nuclei": c["objects"], "instances_in_tiles": c["passed_filters"],
                           "owned": c["owned"], "seam_duplicates_removed": c["seam_duplicates"]}

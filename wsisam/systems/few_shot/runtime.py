@@ -17,7 +17,7 @@ from wsisam.runtime.compare import Stats, random_images
 from wsisam.runtime.pipeline import Stage
 from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.slide import read_region_at
-from wsisam.runtime.stain_norm import as_reference, lab_stats, normalise
+from wsisam.runtime.stain_norm import as_reference, describe, lab_stats, normalise
 from wsisam.runtime.tiling import TileRequest, plan_tiles, spread
 from wsisam.runtime.writers.geojson import mask_to_polygons
 from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
@@ -112,9 +112,7 @@ class FewShotJob(SlideJob):
         self.parts: list[Any] = []
         self.skipped: list[int] = []
         self.stain_ref = rt.stain_reference()
-        self.slide_stain = None if self.stain_ref is None else lab_stats(
-            [rgb for t in spread(self.tiles, STAIN_SAMPLE_TILES)
-             if (rgb := self._rgb(t)) is not None])
+        self.slide_stain = None if self.stain_ref is None else lab_stats(self._sample_rgbs())
 
     def label_mpp(self) -> float:
         return self.rt.spec.mpp
@@ -125,11 +123,15 @@ class FewShotJob(SlideJob):
     def stages(self) -> list[Stage]:
         return [Stage("read", self._read), Stage("infer", self._infer)]
 
-    def _rgb(self, tile: TileRequest) -> np.ndarray | None:
-        try:
-            return read_region_at(self.ctx.reader, tile.box_l0, self.rt.spec.input_px)
-        except TileReadError:
-            return None
+    def _sample_rgbs(self) -> list[np.ndarray]:
+        """Up to ``STAIN_SAMPLE_TILES`` readable tiles spread over the plan (slide colour)."""
+        out = []
+        for t in spread(self.tiles, STAIN_SAMPLE_TILES):
+            try:
+                out.append(read_region_at(self.ctx.reader, t.box_l0, self.rt.spec.input_px))
+            except TileReadError:
+                pass
+        return out
 
     def _read(self, tile: TileRequest) -> Work:
         w = Work(tile)
@@ -167,10 +169,7 @@ class FewShotJob(SlideJob):
             if p.geom_type in ("Polygon", "MultiPolygon") and p.area > 0:
                 sink.add(p, {"region": i}, object_type="annotation", classification=CLASS_NAME,
                          label=1)
-        stain = ("off" if self.stain_ref is None or self.slide_stain is None else
-                 {"method": "reinhard-lab", "slide_lab_mean_std":
-                  self.slide_stain.round(2).tolist(),
-                  "reference_lab_mean_std": self.stain_ref.round(2).tolist()})
+        stain = describe(self.slide_stain, self.stain_ref, "trained without --stain-norm")
         return {"few_shot": {"regions": len(polys), "support_modality":
                              self.rt.support_modality(), "area_um2": sink.area_um2(),
                              "stain_norm": stain},
