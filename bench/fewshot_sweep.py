@@ -1,9 +1,10 @@
 """Few-shot recipe selection on the SUPPORT set only: fine-tune on the first K-1 of the K=5
 support images (cell_sam TRAIN_IMAGES[:5]) and score the nuclei-foreground Dice on the held-out
 support image(s), so that no eval3/eval8 image picks a hyper-parameter. Rows append to the JSON.
+``--stain-norm`` also scores the held-out image normalised to the training images' colour.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/fewshot_sweep.py base long aug_off \\
-        --fold 4 -o bench/fewshot_sweep.json
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/fewshot_sweep.py mix_default s600 s600_head10 \\
+        --fold 0 -o bench/fewshot_sweep.json
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shapely.geometry import MultiPolygon, box
+from shapely.geometry import box
 from shapely.ops import unary_union
 
 from wsisam.errors import ConfigError, TileReadError
