@@ -100,6 +100,12 @@ class SystemRuntime(ABC):
         """The backends, as the report records them."""
         return getattr(self.graphs, "inner", self.graphs).describe()
 
+    def system_details(self) -> dict[str, Any]:
+        """The manifest's ``system_details`` (what the export recorded for this system); empty
+        for graphs without a manifest."""
+        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
+        return manifest.get("system_details", {})
+
     def close(self) -> None:
         if self._owned is not None:
             self._owned.close()

@@ -53,16 +53,14 @@ class CellSamRuntime(SamRuntime):
 
     def watershed(self, options: dict[str, Any] | None = None) -> WatershedConfig:
         """The trained model's thresholds (manifest), overridden by run options given."""
-        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
-        trained = manifest.get("system_details", {}).get("watershed", {})
+        trained = self.system_details().get("watershed", {})
         given = {k: v for k, v in (options or {}).items() if v is not None}
         return replace(WatershedConfig(), **{**trained, **given})
 
     def stain_reference(self) -> np.ndarray | None:
         """The training set's colour statistics (2, 3) that tiles are normalised to, or None
         for a head trained without normalisation."""
-        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
-        return as_reference(manifest.get("system_details", {}).get("stain_ref"))
+        return as_reference(self.system_details().get("stain_ref"))
 
     def job(self, mode: str, ctx: SlideContext) -> SlideJob:
         return NucleiJob(self, ctx)

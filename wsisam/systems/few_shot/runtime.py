@@ -32,16 +32,12 @@ STAIN_SAMPLE_TILES = 16  # tiles spread over the plan whose tissue gives the sli
 class FewShotRuntime(SystemRuntime):
     spec: FewShotSpec
 
-    def _details(self) -> dict[str, Any]:
-        manifest = getattr(getattr(self.graphs, "inner", self.graphs), "manifest", {}) or {}
-        return manifest.get("system_details", {})
-
     def support_modality(self) -> str | None:
-        return self._details().get("modality")
+        return self.system_details().get("modality")
 
     def stain_reference(self) -> np.ndarray | None:
         """The support set's colour statistics (2, 3) that slides are normalised to, or None."""
-        return as_reference(self._details().get("stain_ref"))
+        return as_reference(self.system_details().get("stain_ref"))
 
     def fg_logits(self, image_nchw: np.ndarray) -> np.ndarray:
         """(B,3,n,n) preprocessed → (B,n',n') foreground logits (model-input frame, 4h×4w)."""
