@@ -1,7 +1,8 @@
 """CellSAM design choices, each trained with the same recipe and scored on the held-out images:
 the head's resolution (``--upscale`` 1: 0.5 µm/px, LiteMedSAM's own; 2: 0.25 µm/px beside the
 encoder's 0.5), and the ablations ``--no-embedding`` (no large-encoder fusion) and
-``--distill-weight 0`` (no feature distillation).
+``--distill-weight 0`` (no feature distillation), and the training options ``--stain-norm`` and
+``--hed-jitter``.
 
 Training: ``wsisam.systems.cell_sam.train.train`` on TRAIN_IMAGES (thresholds chosen there),
 not exported. Scoring: the trained head's blended whole-image maps (the same path as the
@@ -62,15 +63,21 @@ def main() -> None:
     ap.add_argument("--stain-norm", choices=STAIN_NORM, default=TrainConfig.stain_norm,
                     help="Reinhard normalisation to the training set's colour: at inference, "
                          "also of the training images, or off")
+    ap.add_argument("--hed-jitter", type=float, default=TrainConfig.hed_jitter,
+                    help="σ of the HED augmentation of the head's input (0: off)")
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = variant(args.model, args.upscale, not args.no_embedding)
     cfg = TrainConfig(model=spec.name, steps=args.steps, distill_weight=args.distill_weight,
-                      use_embedding=not args.no_embedding, stain_norm=args.stain_norm)
+                      use_embedding=not args.no_embedding, stain_norm=args.stain_norm,
+                      hed_jitter=args.hed_jitter, seed=args.seed)
     tag = f"x{args.upscale}-s{args.steps}-d{args.distill_weight}" + \
-        ("-noemb" if args.no_embedding else "") + f"-norm{args.stain_norm}"
+        ("-noemb" if args.no_embedding else "") + f"-norm{args.stain_norm}" + \
+        (f"-hed{args.hed_jitter:g}" if args.hed_jitter else "") + \
+        (f"-seed{args.seed}" if args.seed else "")
     cache = args.work / f"cache-{spec.name}"
     t0 = time.perf_counter()
     report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,

@@ -36,6 +36,7 @@ from wsisam.systems.sam.export import load_model
 
 DATA = Path("/work/shared/data/monuseg-train")
 NATIVE_MPP = 0.2527
+THRESHOLDS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0)  # foreground logit cuts also scored
 
 
 def stitch(tile_logits: list[np.ndarray], hw: tuple[int, int], n: int) -> np.ndarray:
@@ -140,8 +141,12 @@ def main() -> None:
             for im, embs in zip(ev, ev_embs):
                 with torch.no_grad():
                     lg = [dec(e[None], tokens)[0, 0].numpy() for e in embs]
+                logits = stitch(lg, im.fg.shape, n)
                 record(f"fewshot_{mode}_K{k}", im.stem,
-                       to_native(stitch(lg, im.fg.shape, n), gts[im.stem].shape))
+                       to_native(logits - recipe.logit_threshold, gts[im.stem].shape))
+                for t in THRESHOLDS:  # the same model at other logit cuts
+                    record(f"fewshot_{mode}_K{k}@{t:g}", im.stem,
+                           to_native(logits - t, gts[im.stem].shape))
             print(f"K={k} {mode}: train {train_s:.0f} s", flush=True)
             dump()
         # (b) point prompts at support-similarity peaks (cosine to the fg prototype > to bg)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsisam.runtime.stain_norm import as_reference, lab_stats, normalise, normalise_to
+from wsisam.runtime.stain_norm import (as_reference, hed_jitter, lab_stats, normalise,
+                                       normalise_to)
 
 
 def _tissue(seed: int, tint: tuple[int, int, int], glass: bool = True) -> np.ndarray:
@@ -33,6 +34,25 @@ def test_normalised_image_takes_the_reference_statistics() -> None:
     got = lab_stats([normalise_to(src, ref)])
     assert np.allclose(got[0], ref[0], atol=1.0)
     assert np.allclose(got[1], ref[1], rtol=0.1)
+
+
+def test_hed_jitter_is_seeded_exact_at_zero_and_moves_the_haematoxylin() -> None:
+    from skimage.color import hed_from_rgb
+
+    rgb = _tissue(3, (170, 100, 170))
+    assert np.array_equal(hed_jitter(rgb, 0.0, np.random.default_rng(0)), rgb)
+    a = hed_jitter(rgb, 0.1, np.random.default_rng(5))
+    assert np.array_equal(a, hed_jitter(rgb, 0.1, np.random.default_rng(5)))
+
+    def haematoxylin(x: np.ndarray) -> float:
+        od = -np.log((x.reshape(-1, 3).astype(np.float64) + 1) / 256)
+        return float((od @ hed_from_rgb)[:, 0].mean())
+
+    # over seeds the haematoxylin amount spreads by about the scale drawn, both ways
+    h0 = haematoxylin(rgb)
+    hs = np.array([haematoxylin(hed_jitter(rgb, 0.1, np.random.default_rng(s)))
+                   for s in range(20)]) / h0
+    assert hs.min() < 0.97 and hs.max() > 1.03 and np.all(np.abs(hs - 1) < 0.3)
 
 
 def test_glass_only_image_has_no_statistics_and_is_left_alone() -> None:

@@ -90,6 +90,20 @@ def random_target(stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([mean, std]).astype(np.float32)
 
 
+def hed_jitter(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with its haematoxylin, eosin and DAB amounts (Ruifrok-Johnston
+    deconvolution of the optical density) each scaled by U(1 ± sigma) and shifted by U(± sigma)
+    OD: Tellez et al. 2018's HED augmentation, stain amount and hue as they vary between sites.
+    No clipping before the inverse, so sigma = 0 returns the image."""
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    od = -np.log((rgb.reshape(-1, 3).astype(np.float32) + 1) / 256)
+    hed = od @ hed_from_rgb.astype(np.float32)
+    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-sigma, sigma, 3)
+    out = np.exp(-(hed @ rgb_from_hed.astype(np.float32))) * 256 - 1
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
 def describe(slide: np.ndarray | None, reference: np.ndarray | None, off_reason: str
              ) -> dict[str, object] | str:
     """What a run's report says about normalisation: the method and both statistics, or why

@@ -159,6 +159,20 @@ def test_export_parity_and_run_whole_slide(tmp_path: Path) -> None:
     stain = r["few_shot"]["stain_norm"]
     assert stain["method"] == "reinhard-lab"
     assert np.allclose(stain["reference_lab_mean_std"], details["stain_ref"], atol=0.01)
+    # the recipe's logit cut travels in the manifest and decides the mask
+    from wsisam.systems.few_shot.train import Recipe
+
+    assert details["logit_threshold"] == r["few_shot"]["logit_threshold"] == \
+        Recipe().logit_threshold
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["system_details"]["logit_threshold"] = 1e9
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(run_main, [str(slide), "--model-dir", str(model), "-o",
+                                        str(tmp_path / "out_cut")])
+    assert res.exit_code == 0, res.output
+    cut = json.loads((tmp_path / "out_cut" / "CMU-1-Small-Region.report.json").read_text())
+    assert cut["few_shot"]["logit_threshold"] == 1e9 and cut["objects"]["count"] == 0 < \
+        r["objects"]["count"]
 
 
 def test_fluorescence_slide_refused_in_one_line(tmp_path: Path) -> None:

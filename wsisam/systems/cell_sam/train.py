@@ -31,7 +31,8 @@ from wsisam.runtime.writers.report import write_json
 from wsisam.errors import ConfigError
 from wsisam.registry import get_model
 from wsisam.runtime.segment import peak_rss_mb
-from wsisam.runtime.stain_norm import lab_stats, normalise_to
+from wsisam.runtime.preprocess import Preprocess, preprocess_image
+from wsisam.runtime.stain_norm import hed_jitter, lab_stats, normalise_to
 from wsisam.systems.cell_sam.data import AnnotatedImage, find_pairs, load_image
 from wsisam.systems.cell_sam.instances import WatershedConfig, targets_from_labels
 from wsisam.systems.cell_sam.metrics import mean_scores, score
@@ -62,6 +63,8 @@ class TrainConfig:
     # Measured (docs/benchmarks.md, CellSAM): "inference" wins, training on the images'
     # own colours keeps the head robust to what the normalisation leaves
     stain_norm: str = "inference"
+    # σ of the HED augmentation of the head's input (runtime.stain_norm.hed_jitter); 0: off
+    hed_jitter: float = 0.0
     seed: int = 0
     mpp: float | None = None  # image µm/px when the annotations don't say
 
@@ -71,11 +74,12 @@ class TrainConfig:
 
 @dataclass
 class Crop:
-    """One head-sized crop: ``image`` (3,n,n) float32 preprocessed (n = ``spec.head_px``),
-    ``targets`` (3,n,n), ``embedding`` (C,h,w) float16, ``origin`` (y, x) of its top-left in the
-    padded work-frame (head µm/px) image."""
+    """One head-sized crop: ``image`` (3,n,n) float32 preprocessed (n = ``spec.head_px``) from
+    ``rgb`` (n,n,3) uint8, ``targets`` (3,n,n), ``embedding`` (C,h,w) float16, ``origin`` (y, x)
+    of its top-left in the padded work-frame (head µm/px) image."""
 
     image: np.ndarray
+    rgb: np.ndarray
     targets: np.ndarray
     embedding: np.ndarray
     origin: tuple[int, int]
@@ -123,15 +127,17 @@ def image_crops(img: AnnotatedImage, spec: CellSamSpec,
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, emb)
         os.replace(tmp, path)
-    return [Crop(images[i], targets_from_labels(labels[y:y + n, x:x + n]), emb[i], (y, x))
+    return [Crop(images[i], rgb[y:y + n, x:x + n], targets_from_labels(labels[y:y + n, x:x + n]),
+                 emb[i], (y, x))
             for i, (y, x) in enumerate(origins)]
 
 
-def sample_batch(crops: list[Crop], cfg: TrainConfig, stride: int, rng: np.random.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_batch(crops: list[Crop], cfg: TrainConfig, stride: int, rng: np.random.Generator,
+                 pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image (B,3,c,c), embedding (B,C,c/s,c/s), targets (B,3,c,c)) of random sub-crops, each
-    under one random dihedral transform (image, targets and embedding alike) and a colour
-    jitter of the image (gain/offset per channel, about ±8 %)."""
+    under one random dihedral transform (image, targets and embedding alike), the HED jitter of
+    ``cfg.hed_jitter`` (the image's pixels, before ``pre``) and a colour jitter of the
+    preprocessed image (gain/offset per channel, about ±8 %)."""
     imgs, embs, tgts = [], [], []
     for _ in range(cfg.batch):
         cr = crops[rng.integers(len(crops))]
@@ -139,7 +145,11 @@ def sample_batch(crops: list[Crop], cfg: TrainConfig, stride: int, rng: np.rando
         c = min(cfg.crop_px, n)
         y, x = (rng.integers(0, (n - c) // stride + 1, size=2) * stride)
         e0, e1 = y // stride, x // stride
-        im = cr.image[:, y:y + c, x:x + c]
+        if cfg.hed_jitter:
+            sub = hed_jitter(cr.rgb[y:y + c, x:x + c], cfg.hed_jitter, rng)
+            im = preprocess_image(sub, replace(pre, input_px=c))[0]
+        else:
+            im = cr.image[:, y:y + c, x:x + c]
         tg = cr.targets[:, y:y + c, x:x + c]
         em = cr.embedding[:, e0:e0 + c // stride, e1:e1 + c // stride].astype(np.float32)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -278,7 +288,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
     bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress)
     running: dict[str, float] = {}
     while step < cfg.steps:
-        image, emb, tgt = sample_batch(crops, cfg, spec.head_stride, rng)
+        image, emb, tgt = sample_batch(crops, cfg, spec.head_stride, rng, spec.head_preprocess)
         parts = losses(head, image, emb, tgt, cfg)
         opt.zero_grad()
         parts["total"].backward()
@@ -384,7 +394,7 @@ def train_command(data_dir: Path, model_dir: Path, model: str, steps: int, batch
     cfg = TrainConfig(model=model, steps=steps, batch=batch, lr=lr, seed=seed, mpp=mpp,
                       use_embedding=not no_embedding)
     if no_embedding:
-        raise ConfigError("--no-embedding is an ablation (bench/cellsam_ablation.py); the "
+        raise ConfigError("--no-embedding is an ablation (bench/cellsam_resolution.py); the "
                           "registered CellSAM graphs fuse the embedding")
     report = train(data_dir, model_dir, cfg, cache_dir, images or None, progress=not quiet,
                    checkpoint_every=checkpoint_every)

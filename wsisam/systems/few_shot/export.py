@@ -69,7 +69,8 @@ class FewShotExportPlan(ExportPlan):
             import json
             r = json.loads(rep.read_text()) if rep.exists() else {}
             details = {"modality": r.get("modality"), "support": r.get("support", []),
-                       "token_mode": r.get("mode"), "stain_ref": r.get("stain_ref")}
+                       "token_mode": r.get("mode"), "stain_ref": r.get("stain_ref"),
+                       "logit_threshold": r.get("recipe", {}).get("logit_threshold", 0.0)}
         model = FewShotModel(sam, FewShotGraph(dec, tokens.float()).eval()).eval()
         self._details = details
         return model, {**prov, "random_init": prov["source"] == "random-init" or path is None,

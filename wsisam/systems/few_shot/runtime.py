@@ -39,6 +39,11 @@ class FewShotRuntime(SystemRuntime):
         """The support set's colour statistics (2, 3) that slides are normalised to, or None."""
         return as_reference(self.system_details().get("stain_ref"))
 
+    def logit_threshold(self) -> float:
+        """The decoder logit above which a pixel is the structure (the recipe's; 0 for models
+        trained before it was recorded)."""
+        return float(self.system_details().get("logit_threshold") or 0.0)
+
     def fg_logits(self, image_nchw: np.ndarray) -> np.ndarray:
         """(B,3,n,n) preprocessed → (B,n',n') foreground logits (model-input frame, 4h×4w)."""
         emb = self.graphs.run("encoder", {"image": image_nchw})["image_embeddings"]
@@ -108,6 +113,7 @@ class FewShotJob(SlideJob):
         self.parts: list[Any] = []
         self.skipped: list[int] = []
         self.stain_ref = rt.stain_reference()
+        self.threshold = rt.logit_threshold()
         self.slide_stain = None if self.stain_ref is None else lab_stats(self._sample_rgbs())
 
     def label_mpp(self) -> float:
@@ -141,7 +147,7 @@ class FewShotJob(SlideJob):
 
     def _infer(self, w: Work) -> Work:
         if not w.error:
-            w.fg, w.image = self.rt.fg_logits(w.image)[0] > 0, None
+            w.fg, w.image = self.rt.fg_logits(w.image)[0] > self.threshold, None
         return w
 
     def collect(self, w: Work, sink: Any) -> int:
@@ -168,7 +174,7 @@ class FewShotJob(SlideJob):
         stain = describe(self.slide_stain, self.stain_ref, "trained without --stain-norm")
         return {"few_shot": {"regions": len(polys), "support_modality":
                              self.rt.support_modality(), "area_um2": sink.area_um2(),
-                             "stain_norm": stain},
+                             "stain_norm": stain, "logit_threshold": self.threshold},
                 "objects": {"count": len(polys), "class": CLASS_NAME,
                             "area_um2": sink.area_um2()},
                 "throughput": {"tiles_per_s": round(len(self.tiles) / max(seconds, 1e-9), 3)},

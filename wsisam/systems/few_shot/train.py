@@ -155,6 +155,10 @@ class Recipe:
     # re-coloured copies of each support image (runtime.stain_norm.random_target), encoded
     # like the originals: other sites' stains seen in the pixels, at one encoder pass a tile
     stain_copies: int = 0
+    # foreground where the decoder's logit exceeds this (the run time's cut; not trained).
+    # -0.5: the best mean held-out Dice over the five support-only folds (0.714 against 0.711
+    # at 0 and at -1; docs/benchmarks.md "Few-shot SAM")
+    logit_threshold: float = -0.5
 
     def tag(self) -> str:
         """A short stable name of this recipe (checkpoint keys, reports)."""
@@ -228,23 +232,6 @@ def lr_scale(step: int, recipe: Recipe) -> float:
         return 1.0
     t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
     return 0.5 * (1 + math.cos(math.pi * t))
-
-
-def predict_fg(sam: nn.Module, dec: FewShotDecoder, tokens: Tensor, rgb: np.ndarray,
-               input_px: int, spec: FewShotSpec) -> np.ndarray:
-    """(H,W,3) uint8 at the model µm/px → (H,W) bool foreground (tiles averaged where they
-    overlap)."""
-    acc = np.zeros(rgb.shape[:2], np.float32)
-    cnt = np.zeros(rgb.shape[:2], np.float32)
-    for y, x, crop in tiles(rgb, input_px):
-        image, _ = preprocess_image(crop, spec.preprocess)
-        with torch.no_grad():
-            lg = dec(sam.encode(torch.from_numpy(image[None])), tokens)[0, 0]
-            lg = F.interpolate(lg[None, None], size=(input_px, input_px), mode="bilinear")[0, 0]
-        h, w = min(input_px, rgb.shape[0] - y), min(input_px, rgb.shape[1] - x)
-        acc[y:y + h, x:x + w] += lg.numpy()[:h, :w]
-        cnt[y:y + h, x:x + w] += 1
-    return acc / np.maximum(cnt, 1) > 0
 
 
 def peak_rss_mb() -> float:
