@@ -14,9 +14,14 @@ import cv2
 import numpy as np
 
 # Ruifrok & Johnston H&E(+DAB) optical-density stain vectors (rows: H, E, residual)
-_STAINS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-_STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
-_UNMIX = np.linalg.inv(_STAINS)
+STAINS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
+STAINS = STAINS / np.linalg.norm(STAINS, axis=1, keepdims=True)
+UNMIX = np.linalg.inv(STAINS)  # optical density (…, 3) @ UNMIX → stain amounts (…, 3)
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(…, 3) uint8 RGB → (…, 3) float32 optical density −ln((I + 1) / 256)."""
+    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
 
 
 @dataclass(frozen=True)
@@ -30,16 +35,16 @@ class StainedObject:
 
 def stain_densities(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (H, W, 3) float32 optical densities of H, E and residual (≥ 0)."""
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    return np.clip(od.reshape(-1, 3) @ _UNMIX.astype(np.float32), 0, None).reshape(
+    od = optical_density(rgb)
+    return np.clip(od.reshape(-1, 3) @ UNMIX.astype(np.float32), 0, None).reshape(
         *rgb.shape[:2], 3
     )
 
 
 def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (H, W) float32 hematoxylin optical density (≥ 0)."""
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
-    return np.clip(od.reshape(-1, 3) @ _UNMIX[:, 0].astype(np.float32), 0, None).reshape(
+    od = optical_density(rgb)
+    return np.clip(od.reshape(-1, 3) @ UNMIX[:, 0].astype(np.float32), 0, None).reshape(
         rgb.shape[:2]
     )
 

@@ -14,6 +14,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from wsisam.runtime.stain import STAINS, UNMIX, optical_density
+
 #: L* above this (0-100) with low chroma is glass, not tissue
 GLASS_L = 88.0
 GLASS_CHROMA = 8.0
@@ -91,16 +93,14 @@ def random_target(stats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def hed_jitter(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) uint8 RGB with its haematoxylin, eosin and DAB amounts (Ruifrok-Johnston
-    deconvolution of the optical density) each scaled by U(1 ± sigma) and shifted by U(± sigma)
-    OD: Tellez et al. 2018's HED augmentation, stain amount and hue as they vary between sites.
-    No clipping before the inverse, so sigma = 0 returns the image."""
-    from skimage.color import hed_from_rgb, rgb_from_hed
-
-    od = -np.log((rgb.reshape(-1, 3).astype(np.float32) + 1) / 256)
-    hed = od @ hed_from_rgb.astype(np.float32)
+    """(H, W, 3) uint8 RGB with its haematoxylin, eosin and residual amounts (the Ruifrok-Johnston
+    deconvolution of :mod:`wsisam.runtime.stain`) each scaled by U(1 ± sigma) and shifted by
+    U(± sigma) OD: Tellez et al. 2018's HED augmentation, stain amount and hue as they vary
+    between sites. No clipping before the inverse, so sigma = 0 returns the image."""
+    od = optical_density(rgb).reshape(-1, 3)
+    hed = od @ UNMIX.astype(np.float32)
     hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-sigma, sigma, 3)
-    out = np.exp(-(hed @ rgb_from_hed.astype(np.float32))) * 256 - 1
+    out = np.exp(-(hed @ STAINS.astype(np.float32))) * 256 - 1
     return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
 
 
