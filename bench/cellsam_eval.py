@@ -3,7 +3,8 @@
 
 (a) and (c) run the slide jobs of the runtime on the image as an in-memory slide (tile plan,
 seam ownership, the same ONNX graphs as ``wsisam-run``); objects are rasterised in the image
-frame and scored against the annotations (IoU > 0.5 matching; PQ, AJI, pixel Dice).
+frame (a pixel is an object's when its centre is inside the runtime's pixel-edge polygon) and
+scored against the annotations (IoU > 0.5 matching; PQ, AJI, pixel Dice).
 
 Split (``wsisam.systems.cell_sam``): evaluation = EVAL_IMAGES (3 images; never trained on).
 
@@ -27,12 +28,12 @@ from common import DATA, machine_info  # noqa: E402
 
 from wsisam.runtime.graphs import ExclusiveGraphs  # noqa: E402
 from wsisam.runtime.pipeline import PipelineConfig  # noqa: E402
+from wsisam.runtime.raster import rasterize  # noqa: E402
 from wsisam.runtime.segment import SlideContext, StageRun  # noqa: E402
 from wsisam.runtime.slide import ArrayReader  # noqa: E402
 from wsisam.registry import runtime_class  # noqa: E402
 from wsisam.runtime.graphs import ModelGraphs  # noqa: E402
 from wsisam.systems.cell_sam import EVAL_IMAGES  # noqa: E402
-from wsisam.systems.cell_sam.annotations import rasterize  # noqa: E402
 from wsisam.systems.cell_sam.baseline import classical_nuclei  # noqa: E402
 from wsisam.systems.cell_sam.data import AnnotatedImage, annotation_for, load_image  # noqa: E402
 from wsisam.systems.cell_sam.metrics import METRIC_KEYS, mean_scores, score  # noqa: E402
@@ -57,7 +58,7 @@ def runtime_labels(model_dir: Path, img: AnnotatedImage, options: dict[str, Any]
     graphs.close()
     if not geoms:
         return np.zeros(img.labels.shape, np.int32), seconds
-    return rasterize(geoms, img.labels.shape, img.stem), seconds
+    return rasterize(geoms, range(1, len(geoms) + 1), img.labels.shape, 1.0, np.int32), seconds
 
 
 def main() -> None:

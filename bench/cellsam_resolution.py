@@ -2,7 +2,7 @@
 the head's resolution (``--upscale`` 1: 0.5 µm/px, LiteMedSAM's own; 2: 0.25 µm/px beside the
 encoder's 0.5), and the ablations ``--no-embedding`` (no large-encoder fusion) and
 ``--distill-weight 0`` (no feature distillation), and the training options ``--stain-norm`` and
-``--hed-jitter``.
+``--hed-jitter``, and the head's ``--widths``.
 
 Training: ``wsisam.systems.cell_sam.train.train`` on TRAIN_IMAGES (thresholds chosen there),
 not exported. Scoring: the trained head's blended whole-image maps (the same path as the
@@ -40,12 +40,15 @@ from wsisam.systems.sam.export import load_model  # noqa: E402
 MONUSEG = DATA / "monuseg-train"
 
 
-def variant(base: str, upscale: int, use_embedding: bool) -> CellSamSpec:
-    """``base`` with the head at ``upscale``, registered in-process (random head weights)."""
+def variant(base: str, upscale: int, use_embedding: bool,
+            widths: tuple[int, ...] | None = None) -> CellSamSpec:
+    """``base`` with the head at ``upscale`` (and small-encoder ``widths``), registered
+    in-process (random head weights)."""
     spec = get_model(base)
     assert isinstance(spec, CellSamSpec)
     name = f"{base}-x{upscale}"  # one name per resolution: the embedding cache is keyed by it
-    head = replace(spec.head, upscale=upscale, use_embedding=use_embedding)
+    head = replace(spec.head, upscale=upscale, use_embedding=use_embedding,
+                   widths=widths or spec.head.widths)
     try:
         return get_model(name)  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 — not registered yet
@@ -66,18 +69,21 @@ def main() -> None:
     ap.add_argument("--hed-jitter", type=float, default=TrainConfig.hed_jitter,
                     help="σ of the HED augmentation of the head's input (0: off)")
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument("--widths", type=lambda v: tuple(int(w) for w in v.split(",")),
+                    help="small-encoder widths per stride 1, 2, 4, … (default: the model's)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    spec = variant(args.model, args.upscale, not args.no_embedding)
+    spec = variant(args.model, args.upscale, not args.no_embedding, args.widths)
     cfg = TrainConfig(model=spec.name, steps=args.steps, distill_weight=args.distill_weight,
                       use_embedding=not args.no_embedding, stain_norm=args.stain_norm,
                       hed_jitter=args.hed_jitter, seed=args.seed)
     tag = f"x{args.upscale}-s{args.steps}-d{args.distill_weight}" + \
         ("-noemb" if args.no_embedding else "") + f"-norm{args.stain_norm}" + \
         (f"-hed{args.hed_jitter:g}" if args.hed_jitter else "") + \
-        (f"-seed{args.seed}" if args.seed else "")
+        (f"-seed{args.seed}" if args.seed else "") + \
+        ("-w" + "_".join(map(str, args.widths)) if args.widths else "")
     cache = args.work / f"cache-{spec.name}"
     t0 = time.perf_counter()
     report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,

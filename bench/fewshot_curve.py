@@ -37,6 +37,17 @@ from wsisam.systems.sam.export import load_model
 DATA = Path("/work/shared/data/monuseg-train")
 NATIVE_MPP = 0.2527
 THRESHOLDS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0)  # foreground logit cuts also scored
+OTSU_RANGE = (-8.0, 8.0)  # logits clipped before Otsu: saturated pixels must not set the cut
+
+
+def otsu_cut(logits: np.ndarray) -> float:
+    """A per-image adaptive cut, scored beside the fixed ones: Otsu's threshold of the image's
+    foreground logits (any shape), clipped to OTSU_RANGE. Measured on the support folds, it
+    lost to the fixed cut (docs/benchmarks.md, few-shot), so the runtime does not use it."""
+    from skimage.filters import threshold_otsu
+
+    x = np.clip(np.asarray(logits, np.float32).ravel(), *OTSU_RANGE)
+    return float(threshold_otsu(x)) if np.ptp(x) > 0 else 0.0
 
 
 def stitch(tile_logits: list[np.ndarray], hw: tuple[int, int], n: int) -> np.ndarray:
@@ -147,6 +158,8 @@ def main() -> None:
                 for t in THRESHOLDS:  # the same model at other logit cuts
                     record(f"fewshot_{mode}_K{k}@{t:g}", im.stem,
                            to_native(logits - t, gts[im.stem].shape))
+                record(f"fewshot_{mode}_K{k}@otsu", im.stem,
+                       to_native(logits - otsu_cut(logits), gts[im.stem].shape))
             print(f"K={k} {mode}: train {train_s:.0f} s", flush=True)
             dump()
         # (b) point prompts at support-similarity peaks (cosine to the fg prototype > to bg)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_curve import DATA, NATIVE_MPP, THRESHOLDS, fg_scores, stitch, to_native
+from fewshot_curve import (DATA, NATIVE_MPP, THRESHOLDS, fg_scores, otsu_cut, stitch,
+                           to_native)
 from wsisam.registry import get_model
 from wsisam.runtime.stain_norm import lab_stats, normalise_to
 from wsisam.systems.cell_sam import TRAIN_IMAGES
@@ -105,6 +106,10 @@ def main() -> None:
             out = fg_scores(gt, to_native(logits, gt.shape))
             out["dice_at"] = {f"{t:g}": round(fg_scores(gt, to_native(logits - t, gt.shape))
                                               ["dice"], 4) for t in THRESHOLDS}
+            cut = otsu_cut(logits)  # the per-image adaptive cut, scored beside the fixed ones
+            out["dice_at"]["otsu"] = round(fg_scores(gt, to_native(logits - cut, gt.shape))
+                                           ["dice"], 4)
+            out["dice_at"]["otsu_cut"] = round(cut, 3)
             return out
 
         sc = val_dice(v_embs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 import shapely
@@ -22,7 +24,7 @@ EXACT_MAX_PX = 1 << 20
 
 
 def paint(label: np.ndarray, geom: BaseGeometry | None, value: int, downsample: float) -> None:
-    """Paint one level-0 geometry with ``value`` into ``label`` (H, W) uint8 in place, where pixel
+    """Paint one level-0 geometry with ``value`` into ``label`` (H, W) integer in place, where pixel
     (r, c) covers level-0 [c·ds, (c+1)·ds) × [r·ds, (r+1)·ds): a pixel is painted when its centre
     is inside the geometry (holes excluded)."""
     if geom is None or geom.is_empty:
@@ -50,10 +52,10 @@ def _fill(label: np.ndarray, geom: BaseGeometry, value: int, downsample: float) 
             cv2.fillPoly(label, [np.round(h / downsample - 0.5).astype(np.int32) for h in holes], 0)
 
 
-def rasterize(geoms: list[BaseGeometry | None], values: list[int], out_hw: tuple[int, int],
-              downsample: float) -> np.ndarray:
-    """A (H, W) uint8 label image of the geometries (later ones paint over earlier ones)."""
-    label = np.zeros(out_hw, np.uint8)
+def rasterize(geoms: list[BaseGeometry | None], values: Sequence[int], out_hw: tuple[int, int],
+              downsample: float, dtype: type = np.uint8) -> np.ndarray:
+    """A (H, W) ``dtype`` label image of the geometries (later ones paint over earlier ones)."""
+    label = np.zeros(out_hw, dtype)
     for geom, value in zip(geoms, values):
         paint(label, geom, value, downsample)
     return label

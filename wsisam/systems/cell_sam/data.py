@@ -46,7 +46,14 @@ class AnnotatedImage:
         shrink = self.mpp < work_mpp
         rgb = cv2.resize(self.rgb, (w, h),
                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return rgb, cv2.resize(self.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        return rgb, resize_labels(self.labels, (h, w))
+
+
+def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H,W) labels → (h,w) by nearest neighbour on pixel centres, the frame ``cv2.resize``'s
+    area/linear modes use for the image. (``INTER_NEAREST`` samples ``floor(x·s)``, up to one px
+    off that frame: the shared annotations taken to 0.25 µm/px and back kept SQ 0.81–0.87.)"""
+    return cv2.resize(labels, hw[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def read_rgb(path: Path) -> np.ndarray:

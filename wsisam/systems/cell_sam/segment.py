@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from wsisam.runtime.preprocess import preprocess_image
-from wsisam.systems.cell_sam.data import AnnotatedImage
+from wsisam.systems.cell_sam.data import AnnotatedImage, resize_labels
 from wsisam.systems.cell_sam.instances import WatershedConfig, maps_to_instances
 from wsisam.systems.cell_sam.spec import CellSamSpec
 
@@ -73,4 +73,4 @@ def instances_at_image(maps: np.ndarray, img: AnnotatedImage, work_mpp: float,
     h, w = img.work_hw(work_mpp)
     lab = maps_to_instances(maps[:, :h, :w], work_mpp, ws)
     H, W = img.labels.shape
-    return cv2.resize(lab, (W, H), interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    return resize_labels(lab, (H, W)).astype(np.int32)

@@ -296,7 +296,7 @@ def train(data_dir: Path, model_dir: Path, cfg: TrainConfig = TrainConfig(),
         sched.step()
         step += 1
         for k, v in parts.items():
-            running[k] = running.get(k, 0.0) + float(v)
+            running[k] = running.get(k, 0.0) + float(v.detach())
         if step % 50 == 0 or step == cfg.steps:
             n = 50 if step % 50 == 0 else step % 50
             history.append({"step": step, **{k: round(v / n, 5) for k, v in running.items()}})

@@ -12,6 +12,7 @@ import numpy as np
 
 from wsisam.errors import ConfigError
 from wsisam.systems.cell_sam.annotations import AnnotationError, load_instances, read_aperio_xml
+from wsisam.systems.cell_sam.data import resize_labels
 
 ANNOTATION_SUFFIXES = (".geojson", ".json", ".xml")
 
@@ -76,7 +77,7 @@ def load_support(paths: list[Path], target_mpp: float,
         s = mpp / target_mpp
         hw = (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s)))
         rgb_t = cv2.resize(rgb, hw, interpolation=cv2.INTER_AREA)
-        fg = cv2.resize((labels > 0).astype(np.uint8), hw, interpolation=cv2.INTER_NEAREST) > 0
+        fg = resize_labels((labels > 0).astype(np.uint8), hw[::-1]) > 0
         out.append(SupportImage(p.stem, rgb_t, fg, hashlib.sha256(rgb.tobytes()).hexdigest()))
     return out
 
