@@ -31,7 +31,7 @@ from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.cell_sam.baseline import classical_nuclei
 from wsisam.systems.few_shot.support import load_support, read_rgb, tile_origins, tiles
 from wsisam.systems.few_shot.train import (Recipe, cached_embeddings, fit, prototypes,
-                                           stain_copies)
+                                           stain_copies, tile_prompts)
 from wsisam.systems.sam.export import load_model
 
 DATA = Path("/work/shared/data/monuseg-train")
@@ -131,27 +131,34 @@ def main() -> None:
             print(method, summary[method], flush=True)
         args.out.write_text(json.dumps({"all_eval": eval_names, "eval3": list(EVAL_IMAGES),
                                         "recipe": dataclasses.asdict(Recipe()), "mpp": spec.mpp,
+                                        "stain_prompt": spec.stain_prompt,
                                         "baseline_mpp": bspec.mpp,
                                         "steps": args.steps or Recipe().steps, "threads": 1, "summary": summary,
                                         "per_image": rows, "train": train_info}, indent=1))
 
     for k in ks:
         sup = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], spec.mpp, NATIVE_MPP)
-        s_embs, s_fgs = cached_embeddings(sam, spec, stain_copies(sup, Recipe().stain_copies, 0),
-                                          args.cache_dir)
+        train_set = stain_copies(sup, Recipe().stain_copies, 0)
+        s_embs, s_fgs = cached_embeddings(sam, spec, train_set, args.cache_dir,
+                                          stride=Recipe().tile_stride)
+        s_prompts = tile_prompts(spec, train_set, Recipe().tile_stride) if spec.stain_prompt \
+            else None
         sup_b = load_support([DATA / f"{s}.tif" for s in TRAIN_IMAGES[:k]], bspec.mpp, NATIVE_MPP)
         protos = prototypes(*cached_embeddings(sam, bspec, sup_b, args.cache_dir))
         for mode in args.modes.split(","):
             t1 = time.time()
             recipe = dataclasses.replace(Recipe(), mode=mode, steps=args.steps or Recipe().steps)
-            dec, tokens, losses = fit(sam, s_embs, s_fgs, recipe, seed=0, progress=False)
+            dec, tokens, losses = fit(sam, s_embs, s_fgs, recipe, seed=0, progress=False,
+                                      prompts=s_prompts)
             train_s = time.time() - t1
             train_info[f"{mode}_K{k}"] = {"train_s": round(train_s, 1), "tiles": len(s_embs),
                                           "loss_first": losses[0], "loss_last": losses[-1],
                                           "support": list(TRAIN_IMAGES[:k])}
             for im, embs in zip(ev, ev_embs):
+                ps = tile_prompts(spec, [im]) if spec.stain_prompt else [None] * len(embs)
                 with torch.no_grad():
-                    lg = [dec(e[None], tokens)[0, 0].numpy() for e in embs]
+                    lg = [dec(e[None], tokens, None if p is None else p[None])[0, 0].numpy()
+                          for e, p in zip(embs, ps)]
                 logits = stitch(lg, im.fg.shape, n)
                 record(f"fewshot_{mode}_K{k}", im.stem,
                        to_native(logits - recipe.logit_threshold, gts[im.stem].shape))

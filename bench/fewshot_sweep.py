@@ -25,8 +25,9 @@ from wsisam.registry import get_model
 from wsisam.runtime.stain_norm import lab_stats, normalise_to
 from wsisam.systems.cell_sam import TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
-from wsisam.systems.few_shot.support import load_support, read_rgb
-from wsisam.systems.few_shot.train import Recipe, cached_embeddings, fit, stain_copies
+from wsisam.systems.few_shot.support import SupportImage, load_support, read_rgb
+from wsisam.systems.few_shot.train import (Recipe, cached_embeddings, fit, stain_copies,
+                                           tile_prompts)
 from wsisam.systems.sam.export import load_model
 
 
@@ -62,7 +63,15 @@ CONFIGS: dict[str, tuple[float, Recipe]] = {
     "stain1": (0.25, R(stain_copies=1)),
     "stain2": (0.25, R(stain_copies=2)),
     "s600_stain2": (0.25, R(steps=600, stain_copies=2)),
+    # half-overlapping support tiles (≈3× the tiles, each re-encoded), at 600 / 1200 steps
+    "s600_head10_dense": (0.25, R(steps=600, head_lr_mult=10, tile_stride=0.5)),
+    "s1200_head10_dense": (0.25, R(steps=1200, head_lr_mult=10, tile_stride=0.5)),
+    # with the stain dense prompt (the configs in STAIN_PROMPT)
+    "s600_head10_hema": (0.25, R(steps=600, head_lr_mult=10)),
+    "s600_head10_dense_hema": (0.25, R(steps=600, head_lr_mult=10, tile_stride=0.5)),
 }
+#: configs whose decoder also takes each tile's stain map (FewShotSpec.stain_prompt)
+STAIN_PROMPT = {"s600_head10_hema", "s600_head10_dense_hema"}
 
 
 def main() -> None:
@@ -88,20 +97,27 @@ def main() -> None:
         mpp = args.mpp or mpp
         if args.steps:
             recipe = dataclasses.replace(recipe, steps=args.steps)
-        spec = dataclasses.replace(spec0, mpp=mpp)
+        spec = dataclasses.replace(spec0, mpp=mpp, stain_prompt=name in STAIN_PROMPT)
         sup = load_support([DATA / f"{s}.tif" for s in names], mpp, NATIVE_MPP)
-        embs, fgs = cached_embeddings(sam, spec, stain_copies(sup, recipe.stain_copies, 0),
-                                      args.cache_dir, progress=False)
+        train_set = stain_copies(sup, recipe.stain_copies, 0)
+        embs, fgs = cached_embeddings(sam, spec, train_set, args.cache_dir, progress=False,
+                                      stride=recipe.tile_stride)
+        prompts = tile_prompts(spec, train_set, recipe.tile_stride) if spec.stain_prompt \
+            else None
         val = load_support([DATA / f"{held}.tif"], mpp, NATIVE_MPP)[0]
         v_embs, _ = cached_embeddings(sam, spec, [val], args.cache_dir, progress=False)
         t0 = time.time()
-        dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=0, progress=False)
+        dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=0, progress=False,
+                                  prompts=prompts)
         train_s = time.time() - t0
-        def val_dice(embeddings: torch.Tensor) -> dict[str, float]:
+
+        def val_dice(embeddings: torch.Tensor, image: SupportImage) -> dict[str, float]:
             """Dice/IoU at logit 0, and Dice at each of THRESHOLDS (support-side threshold
             choice: the folds' held-out images are support images)."""
+            ps = tile_prompts(spec, [image]) if spec.stain_prompt else [None] * len(embeddings)
             with torch.no_grad():
-                lg = [dec(e[None], tokens)[0, 0].numpy() for e in embeddings]
+                lg = [dec(e[None], tokens, None if p is None else p[None])[0, 0].numpy()
+                      for e, p in zip(embeddings, ps)]
             logits = stitch(lg, val.fg.shape, spec.input_px)
             out = fg_scores(gt, to_native(logits, gt.shape))
             out["dice_at"] = {f"{t:g}": round(fg_scores(gt, to_native(logits - t, gt.shape))
@@ -112,14 +128,15 @@ def main() -> None:
             out["dice_at"]["otsu_cut"] = round(cut, 3)
             return out
 
-        sc = val_dice(v_embs)
+        sc = val_dice(v_embs, val)
         if args.stain_norm:  # the held-out image normalised to the training images' colour
             rgb = normalise_to(val.rgb, lab_stats([im.rgb for im in sup]))
             normed = dataclasses.replace(val, rgb=rgb,
                                          digest=hashlib.sha256(rgb.tobytes()).hexdigest())
             n_embs, _ = cached_embeddings(sam, spec, [normed], args.cache_dir, progress=False)
-            sc_norm = val_dice(n_embs)
+            sc_norm = val_dice(n_embs, normed)
         row = {"config": name, "mpp": mpp, "recipe": dataclasses.asdict(recipe),
+               "stain_prompt": spec.stain_prompt,
                "fold_held_out": held, "train_tiles": len(embs), "train_s": round(train_s, 1),
                "loss_first": round(losses[0], 4),
                "loss_last10": round(float(np.mean(losses[-10:])), 4),

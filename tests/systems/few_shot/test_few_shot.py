@@ -43,7 +43,8 @@ def _train(args: list[str]):
 def test_registry_entry() -> None:
     spec = get_model("fewshot")
     assert spec.system == "few_shot" and spec.base == "litemedsam"
-    assert spec.graphs()["decoder"].input_names == ["image_embeddings"]  # tokens: constants
+    # tokens are constants; the stain map comes in beside the embeddings
+    assert spec.graphs()["decoder"].input_names == ["image_embeddings", "dense_prompt"]
     assert spec.graphs()["decoder"].output_names == ["fg_logits"]
     assert trainer("fewshot").name == trainer("few_shot").name
 
@@ -59,6 +60,11 @@ def test_train_tiny_writes_model_dir_and_resumes(tmp_path: Path) -> None:
     assert rep["support"] == [STEM] and rep["tiles"] == 4 and len(rep["losses"]) == 20
     assert rep["peak_rss_mb"] > 0 and rep["modality"] == "brightfield"
     assert rep["stain_ref"] is None  # colour normalisation is off unless asked for
+    assert rep["stain_prompt"] is True  # and the decoder learned its stain-map path
+    import torch
+
+    state = torch.load(out / "decoder.pt", weights_only=True)
+    assert any(k.startswith("mask_downscaling.") for k in state)
     bank = np.load(out / "support_bank.npz")
     assert bank["tokens"].shape == (2, get_model("test-fewshot").embed_dim)
     assert len(list(cache.glob("test-tinyvit-*.npy"))) == 4  # embeddings cached per tile
@@ -236,3 +242,50 @@ def test_stain_copies_recolour_pixels_not_masks() -> None:
     for im in a[1:]:
         shift = np.abs(lab_stats([im.rgb])[0] - base[0])
         assert shift.max() > 0.5 and (shift <= np.array(SHIFT_LAB) + 2.0).all()
+
+
+@pytest.mark.parametrize("size,tile,stride", [(1011, 256, None), (1011, 256, 128), (512, 256, 128),
+                                              (200, 256, 64), (257, 256, 256)])
+def test_tile_origins_cover_at_most_stride_apart(size: int, tile: int, stride: int | None) -> None:
+    """Support tiles: first at 0, last flush with the edge, gaps ≤ stride, and the default is
+    the fewest tiles that cover the image."""
+    from wsisam.systems.few_shot.support import tile_origins, tiles
+
+    ys = tile_origins(size, tile, stride)
+    assert ys[0] == 0 and ys[-1] == max(0, size - tile)
+    assert all(0 < b - a <= (stride or tile) for a, b in zip(ys, ys[1:]))
+    if stride is None:
+        assert len(ys) == int(np.ceil(size / tile))
+    img = np.arange(size * size, dtype=np.int64).reshape(size, size)
+    crops = tiles(img, tile, stride)
+    assert len(crops) == len(ys) ** 2
+    covered = np.zeros_like(img, bool)
+    for y, x, c in crops:
+        assert c.shape == (tile, tile)
+        h, w = min(tile, size - y), min(tile, size - x)
+        assert np.array_equal(c[:h, :w], img[y:y + h, x:x + w])
+        covered[y:y + h, x:x + w] = True
+    assert covered.all()
+
+
+def test_stain_prompt_marks_annotated_nuclei() -> None:
+    """The decoder's stain prompt on real H&E tiles: SAM's mask-input shape and range, and
+    above zero mostly on the annotated nuclei (the classical cue the decoder refines)."""
+    _need_data()
+    from wsisam.systems.few_shot.support import load_support, stain_prompt, tiles
+
+    sup = load_support([DATA / f"{STEM}.tif"], 0.25, 0.2527)[0]
+    dices = []
+    for (_, _, rgb), (_, _, fg) in zip(tiles(sup.rgb, 256), tiles(sup.fg, 256)):
+        p = stain_prompt(rgb, (128, 128), 0.25)
+        assert p.shape == (1, 128, 128) and p.dtype == np.float32
+        assert p.min() >= -4.0 and p.max() <= 8.0
+        full = stain_prompt(rgb, (256, 256), 0.25)[0] > 0
+        dices.append(2 * (full & fg).sum() / (full.sum() + fg.sum()))
+    assert np.mean(dices) > 0.6
+    # fluorescence: bright nuclei on black give the same sign as dark nuclei on white
+    inverted = 255 - sup.rgb[:256, :256]
+    p_fl = stain_prompt(inverted.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8),
+                        (256, 256), 0.25, fluorescence=True)[0] > 0
+    p_he = stain_prompt(sup.rgb[:256, :256], (256, 256), 0.25)[0] > 0
+    assert 2 * (p_fl & p_he).sum() / (p_fl.sum() + p_he.sum()) > 0.6

@@ -21,15 +21,17 @@ BANK = "support_bank.npz"
 
 
 class FewShotGraph(nn.Module):
-    """``image_embeddings`` (B,C,h,w) → ``fg_logits`` (B,1,4h,4w); tokens (2,C) constants."""
+    """``image_embeddings`` (B,C,h,w) [, ``dense_prompt`` (B,1,4h,4w)] → ``fg_logits``
+    (B,1,4h,4w); tokens (2,C) constants."""
 
     def __init__(self, dec: FewShotDecoder, tokens: torch.Tensor) -> None:
         super().__init__()
         self.dec = dec
         self.register_buffer("tokens", tokens)
 
-    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.dec(image_embeddings, self.tokens)
+    def forward(self, image_embeddings: torch.Tensor,
+                dense_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dec(image_embeddings, self.tokens, dense_prompt)
 
 
 class FewShotModel(nn.Module):
@@ -46,7 +48,7 @@ class FewShotExportPlan(ExportPlan):
 
     def load(self, weights: dict[str, Path], random_init: bool) -> tuple[Any, dict[str, Any]]:
         sam, prov = load_model(get_model(self.spec.base), weights.get("sam"), random_init)
-        dec = FewShotDecoder(sam)
+        dec = FewShotDecoder(sam, dense_prompt=self.spec.stain_prompt)
         path = weights.get("fewshot")
         if path is None:
             if self.spec.weights["fewshot"].kind != "random" and not random_init:
@@ -57,6 +59,10 @@ class FewShotExportPlan(ExportPlan):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             missing, unexpected = dec.load_state_dict(state, strict=False)
+            if missing and all(k.startswith("mask_downscaling.") for k in missing):
+                raise ConfigError(f"'{path}' was trained without the stain prompt that "
+                                  f"{self.spec.name} now takes; retrain it with wsisam-train "
+                                  f"fewshot (same support images)")
             if missing or unexpected:
                 raise ConfigError(f"'{path}' is not a {self.spec.name} decoder (missing "
                                   f"{len(missing)} keys, unexpected {len(unexpected)})")
@@ -78,10 +84,12 @@ class FewShotExportPlan(ExportPlan):
 
     def graphs(self, model: FewShotModel) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
         g = torch.Generator().manual_seed(0)
-        n, (h, w) = self.spec.input_px, self.spec.embed_hw
+        n, (h, w), (mh, mw) = self.spec.input_px, self.spec.embed_hw, self.spec.mask_hw
+        dec_in: tuple[torch.Tensor, ...] = (torch.randn(2, self.spec.embed_dim, h, w, generator=g),)
+        if self.spec.stain_prompt:  # prompts span the stain map's range [-4, 8]
+            dec_in += (4 * torch.randn(2, 1, mh, mw, generator=g),)
         return {"encoder": (EncoderGraph(model.sam), (torch.randn(2, 3, n, n, generator=g),)),
-                "decoder": (model.graph, (torch.randn(2, self.spec.embed_dim, h, w,
-                                                      generator=g),))}
+                "decoder": (model.graph, dec_in)}
 
     def details(self, provenance: dict[str, Any]) -> dict[str, Any]:
         return dict(getattr(self, "_details", {}))

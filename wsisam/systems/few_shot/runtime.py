@@ -22,7 +22,7 @@ from wsisam.runtime.tiling import TileRequest, plan_tiles, spread
 from wsisam.runtime.writers.geojson import mask_to_polygons
 from wsisam.systems.contract import GraphSet, SlideContext, SlideJob, SystemRuntime
 from wsisam.systems.few_shot.spec import FewShotSpec
-from wsisam.systems.few_shot.support import modality
+from wsisam.systems.few_shot.support import modality, stain_prompt
 
 CLASS_NAME = "Support structure"
 OVERLAP_PX = 32  # model-input px of context shared by neighbouring tiles
@@ -44,10 +44,19 @@ class FewShotRuntime(SystemRuntime):
         trained before it was recorded)."""
         return float(self.system_details().get("logit_threshold") or 0.0)
 
-    def fg_logits(self, image_nchw: np.ndarray) -> np.ndarray:
-        """(B,3,n,n) preprocessed → (B,n',n') foreground logits (model-input frame, 4h×4w)."""
+    def prompt(self, rgb: np.ndarray) -> np.ndarray | None:
+        """(n,n,3) uint8 model-input tile → its (1,1,4h,4w) stain prompt, or None when the
+        decoder takes none."""
+        if not self.spec.stain_prompt:
+            return None
+        fluo = self.support_modality() == "fluorescence"
+        return stain_prompt(rgb, self.spec.mask_hw, self.spec.mpp, fluo)[None]
+
+    def fg_logits(self, image_nchw: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
+        """(B,3,n,n) preprocessed [, (B,1,4h,4w) stain prompt] → (B,4h,4w) foreground logits
+        (model-input frame)."""
         emb = self.graphs.run("encoder", {"image": image_nchw})["image_embeddings"]
-        return self.graphs.run("decoder", {"image_embeddings": emb})["fg_logits"][:, 0]
+        return self.graphs.run("decoder", decoder_feed(emb, prompt))["fg_logits"][:, 0]
 
     def job(self, mode: str, ctx: SlideContext) -> SlideJob:
         want = self.support_modality()
@@ -60,12 +69,14 @@ class FewShotRuntime(SystemRuntime):
     @classmethod
     def compare_random(cls, spec: FewShotSpec, ref: GraphSet, test: GraphSet,
                        seed: int) -> dict[str, Any]:
-        _, image = random_images(seed, spec.input_px)
+        rng, image = random_images(seed, spec.input_px)
         emb = ref.run("encoder", {"image": image})["image_embeddings"]
+        prompt = (4 * rng.standard_normal((len(image), 1, *spec.mask_hw))).astype(np.float32) \
+            if spec.stain_prompt else None
         enc, dec = Stats(), Stats()
         enc.add(emb, test.run("encoder", {"image": image})["image_embeddings"])
-        dec.add(ref.run("decoder", {"image_embeddings": emb})["fg_logits"],
-                test.run("decoder", {"image_embeddings": emb})["fg_logits"])
+        dec.add(ref.run("decoder", decoder_feed(emb, prompt))["fg_logits"],
+                test.run("decoder", decoder_feed(emb, prompt))["fg_logits"])
         return {"encoder": enc.summary(), "decoder_logits": dec.summary()}
 
     @classmethod
@@ -77,10 +88,12 @@ class FewShotRuntime(SystemRuntime):
             e_ref = ref.run("encoder", {"image": image})["image_embeddings"]
             e_got = test.run("encoder", {"image": image})["image_embeddings"]
             enc.add(e_ref, e_got)
-            m_ref = ref.run("decoder", {"image_embeddings": e_ref})["fg_logits"]
+            # parity tiles are brightfield H&E (calib.tiles): the hematoxylin prompt
+            p = stain_prompt(t.rgb, spec.mask_hw, spec.mpp)[None] if spec.stain_prompt else None
+            m_ref = ref.run("decoder", decoder_feed(e_ref, p))["fg_logits"]
             if decoder_only:
-                dec.add(m_ref, test.run("decoder", {"image_embeddings": e_ref})["fg_logits"])
-            m_got = test.run("decoder", {"image_embeddings": e_got})["fg_logits"]
+                dec.add(m_ref, test.run("decoder", decoder_feed(e_ref, p))["fg_logits"])
+            m_got = test.run("decoder", decoder_feed(e_got, p))["fg_logits"]
             e2e.add(m_ref, m_got)
             e2e.add_ious([m_ref[0, 0]], [m_got[0, 0]])
         out = {"tiles": len(tiles), "prompts": len(tiles), "encoder": enc.summary(),
@@ -92,10 +105,17 @@ class FewShotRuntime(SystemRuntime):
         return out
 
 
+def decoder_feed(emb: np.ndarray, prompt: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs: embeddings (B,C,h,w) [and the stain prompt (B,1,4h,4w)]."""
+    return {"image_embeddings": emb} if prompt is None else \
+        {"image_embeddings": emb, "dense_prompt": prompt}
+
+
 @dataclass
 class Work:
     tile: TileRequest
     image: np.ndarray | None = None
+    prompt: np.ndarray | None = None
     fg: np.ndarray | None = None
     error: str = ""
 
@@ -141,13 +161,15 @@ class FewShotJob(SlideJob):
             rgb = read_region_at(self.ctx.reader, tile.box_l0, self.rt.spec.input_px)
             rgb = normalise(rgb, self.slide_stain, self.stain_ref)
             w.image = preprocess_image(rgb, self.rt.spec.preprocess)[0][None]
+            w.prompt = self.rt.prompt(rgb)
         except TileReadError as exc:
             w.error = str(exc)
         return w
 
     def _infer(self, w: Work) -> Work:
         if not w.error:
-            w.fg, w.image = self.rt.fg_logits(w.image)[0] > self.threshold, None
+            w.fg = self.rt.fg_logits(w.image, w.prompt)[0] > self.threshold
+            w.image = w.prompt = None
         return w
 
     def collect(self, w: Work, sink: Any) -> int:
@@ -174,7 +196,8 @@ class FewShotJob(SlideJob):
         stain = describe(self.slide_stain, self.stain_ref, "trained without --stain-norm")
         return {"few_shot": {"regions": len(polys), "support_modality":
                              self.rt.support_modality(), "area_um2": sink.area_um2(),
-                             "stain_norm": stain, "logit_threshold": self.threshold},
+                             "stain_norm": stain, "logit_threshold": self.threshold,
+                             "stain_prompt": self.rt.spec.stain_prompt},
                 "objects": {"count": len(polys), "class": CLASS_NAME,
                             "area_um2": sink.area_um2()},
                 "throughput": {"tiles_per_s": round(len(self.tiles) / max(seconds, 1e-9), 3)},

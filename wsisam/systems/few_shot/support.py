@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from wsisam.errors import ConfigError
+from wsisam.runtime.stain import hematoxylin_density
 from wsisam.systems.cell_sam.annotations import AnnotationError, load_instances, read_aperio_xml
 from wsisam.systems.cell_sam.data import resize_labels
 
@@ -82,23 +83,42 @@ def load_support(paths: list[Path], target_mpp: float,
     return out
 
 
-def tile_origins(size: int, tile: int) -> list[int]:
-    """Tile starts covering ``size`` px with ``tile``-px tiles (evenly overlapped)."""
+def tile_origins(size: int, tile: int, stride: int | None = None) -> list[int]:
+    """Tile starts covering ``size`` px with ``tile``-px tiles at most ``stride`` px apart
+    (default ``tile``: as few tiles as cover it), spread evenly."""
     if size <= tile:
         return [0]
-    n = int(np.ceil(size / tile))
+    n = int(np.ceil((size - tile) / (stride or tile))) + 1
     return [round(i * (size - tile) / (n - 1)) for i in range(n)]
 
 
-def tiles(img: np.ndarray, tile: int) -> list[tuple[int, int, np.ndarray]]:
-    """(H,W,...) → [(y0, x0, (tile,tile,...) zero-padded crop)] covering the image."""
+def tiles(img: np.ndarray, tile: int, stride: int | None = None
+          ) -> list[tuple[int, int, np.ndarray]]:
+    """(H,W,...) → [(y0, x0, (tile,tile,...) zero-padded crop)] covering the image, origins at
+    most ``stride`` px apart (default ``tile``)."""
     out = []
-    for y in tile_origins(img.shape[0], tile):
-        for x in tile_origins(img.shape[1], tile):
+    for y in tile_origins(img.shape[0], tile, stride):
+        for x in tile_origins(img.shape[1], tile, stride):
             crop = img[y:y + tile, x:x + tile]
             pad = [(0, tile - crop.shape[0]), (0, tile - crop.shape[1])] + [(0, 0)] * (crop.ndim - 2)
             out.append((y, x, np.pad(crop, pad)))
     return out
+
+
+def stain_prompt(rgb: np.ndarray, out_hw: tuple[int, int], mpp: float,
+                 fluorescence: bool = False) -> np.ndarray:
+    """(n,n,3) uint8 model-input tile at ``mpp`` µm/px → (1, *out_hw) float32 dense prompt in
+    SAM's mask-input frame: the tile's nuclear stain (hematoxylin density, or brightness on
+    fluorescence), smoothed (σ 0.5 µm), over the tile's Otsu cut minus one (> 0 above the cut),
+    clipped to [-1, 2] and scaled like mask logits (× 4). The per-tile cut gives the prompt the
+    classical threshold's adaptivity to pale or dark staining."""
+    from skimage.filters import threshold_otsu
+
+    signal = rgb.astype(np.float32).mean(-1) / 255.0 if fluorescence else hematoxylin_density(rgb)
+    signal = cv2.GaussianBlur(signal, (0, 0), 0.5 / mpp)
+    cut = float(threshold_otsu(signal)) if np.ptp(signal) > 1e-6 else 1.0
+    x = np.clip(signal / max(cut, 0.05) - 1.0, -1.0, 2.0) * 4.0
+    return cv2.resize(x, out_hw[::-1], interpolation=cv2.INTER_AREA)[None].astype(np.float32)
 
 
 def modality(rgb: np.ndarray) -> str:

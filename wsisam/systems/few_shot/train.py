@@ -29,7 +29,8 @@ from wsisam.registry import get_model
 from wsisam.runtime.preprocess import preprocess_image
 from wsisam.runtime.stain_norm import lab_stats, normalise, random_target
 from wsisam.systems.few_shot.spec import FewShotSpec
-from wsisam.systems.few_shot.support import SupportImage, load_support, modality, tiles
+from wsisam.systems.few_shot.support import (SupportImage, load_support, modality,
+                                             stain_prompt, tiles)
 from wsisam.systems.sam.export import load_model
 
 TOKEN_MODES = ("proto", "query", "mix")
@@ -42,10 +43,13 @@ class FewShotDecoder(nn.Module):
     prototypes plus learned offsets. Output: token-0 logits (B,1,4h,4w), model-input frame.
     """
 
-    def __init__(self, sam: nn.Module, mode: str = "mix") -> None:
+    def __init__(self, sam: nn.Module, mode: str = "mix", dense_prompt: bool = False) -> None:
         super().__init__()
         pe = sam.prompt_encoder
         self.mask_decoder = copy.deepcopy(sam.mask_decoder)
+        # ``dense_prompt``: each tile's stain map (support.stain_prompt) through SAM's
+        # mask-prompt path, fine-tuned with the decoder, in place of the no-mask embedding
+        self.mask_downscaling = copy.deepcopy(pe.mask_downscaling) if dense_prompt else None
         self.register_buffer("image_pe", pe.get_dense_pe().detach().clone())
         self.register_buffer("dense", pe.no_mask_dense().detach().clone())
         c = self.image_pe.shape[1]
@@ -62,11 +66,12 @@ class FewShotDecoder(nn.Module):
             return self.query
         return protos + self.query
 
-    def forward(self, emb: Tensor, support_tokens: Tensor) -> Tensor:
-        """(B,C,h,w), (2,C) tokens → (B,1,4h,4w) foreground logits."""
+    def forward(self, emb: Tensor, support_tokens: Tensor, prompt: Tensor | None = None) -> Tensor:
+        """(B,C,h,w), (2,C) tokens[, (B,1,4h,4w) dense prompt] → (B,1,4h,4w) foreground logits."""
         # one token set per image: the transformer attends image b with token set b
         sparse = support_tokens.unsqueeze(0).expand(emb.shape[0], -1, -1)
-        return self.mask_decoder.predict_masks(emb, self.image_pe, sparse, self.dense)[0][:, :1]
+        dense = self.dense if self.mask_downscaling is None else self.mask_downscaling(prompt)
+        return self.mask_decoder.predict_masks(emb, self.image_pe, sparse, dense)[0][:, :1]
 
 
 def prototypes(embs: Tensor, fg: Tensor) -> Tensor:
@@ -78,13 +83,16 @@ def prototypes(embs: Tensor, fg: Tensor) -> Tensor:
 
 
 def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportImage],
-                      cache_dir: Path, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Tiles of every image through the frozen encoder, cached in ``cache_dir`` keyed by image
-    digest, model and tile origin → embeddings (N,C,h,w), foreground (N,1,n,n)."""
+                      cache_dir: Path, progress: bool = True,
+                      stride: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Tiles of every image (origins at most ``stride`` × the tile apart) through the frozen
+    encoder, cached in ``cache_dir`` keyed by image digest, model and tile origin → embeddings
+    (N,C,h,w), foreground (N,1,n,n)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     embs, fgs = [], []
+    n, step = spec.input_px, max(1, round(stride * spec.input_px))
     work = [(im, t, f) for im in images
-            for t, f in zip(tiles(im.rgb, spec.input_px), tiles(im.fg, spec.input_px))]
+            for t, f in zip(tiles(im.rgb, n, step), tiles(im.fg, n, step))]
     with click.progressbar(work, label="encoding support tiles", file=None if progress else
                            open(os.devnull, "w")) as bar:
         for im, (y, x, rgb), (_, _, fg) in bar:
@@ -101,6 +109,14 @@ def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportIma
             embs.append(torch.from_numpy(e))
             fgs.append(torch.from_numpy(fg.astype(np.float32))[None])
     return torch.stack(embs), torch.stack(fgs)
+
+
+def tile_prompts(spec: FewShotSpec, images: list[SupportImage], stride: float = 1.0) -> Tensor:
+    """The stain prompts (N,1,4h,4w) of the tiles :func:`cached_embeddings` cuts, same order."""
+    n, step = spec.input_px, max(1, round(stride * spec.input_px))
+    return torch.stack([torch.from_numpy(stain_prompt(rgb, spec.mask_hw, spec.mpp,
+                                                      modality(im.rgb) == "fluorescence"))
+                        for im in images for _, _, rgb in tiles(im.rgb, n, step)])
 
 
 def stain_copies(images: list[SupportImage], n: int, seed: int) -> list[SupportImage]:
@@ -155,6 +171,9 @@ class Recipe:
     # re-coloured copies of each support image (runtime.stain_norm.random_target), encoded
     # like the originals: other sites' stains seen in the pixels, at one encoder pass a tile
     stain_copies: int = 0
+    # support tiles at most this × the tile apart (1: as few as cover each image; 0.5: every
+    # part of the image seen at two positions in a tile, re-encoded)
+    tile_stride: float = 1.0
     # foreground where the decoder's logit exceeds this (the run time's cut; not trained).
     # -0.5: the best mean held-out Dice over the five support-only folds (0.714 against 0.711
     # at 0 and at -1; docs/benchmarks.md "Few-shot SAM")
@@ -171,14 +190,17 @@ def scaled_protos(dec: FewShotDecoder, protos: Tensor) -> Tensor:
 
 
 def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, recipe: Recipe = Recipe(), seed: int = 0,
-        checkpoint: Path | None = None,
-        progress: bool = True) -> tuple[FewShotDecoder, Tensor, list[float]]:
+        checkpoint: Path | None = None, progress: bool = True,
+        prompts: Tensor | None = None) -> tuple[FewShotDecoder, Tensor, list[float]]:
     """Fine-tune the decoder (and learned queries) on the support tiles embs (N,C,h,w), fgs
-    (N,1,4h,4w); resumes from ``checkpoint`` when it exists. Returns the decoder, the (2,C)
-    support tokens, the per-step losses."""
+    (N,1,4h,4w) [and their stain ``prompts`` (N,1,4h,4w): the decoder then takes them];
+    resumes from ``checkpoint`` when it exists. Returns the decoder, the (2,C) support tokens,
+    the per-step losses."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    dec = FewShotDecoder(sam, recipe.mode)
+    if recipe.augment and prompts is not None:
+        raise ValueError("the embedding-space augmentation does not move the stain prompts")
+    dec = FewShotDecoder(sam, recipe.mode, dense_prompt=prompts is not None)
     protos = prototypes(embs, fgs)
     if recipe.norm_protos:
         protos = scaled_protos(dec, protos)
@@ -207,9 +229,10 @@ def fit(sam: nn.Module, embs: Tensor, fgs: Tensor, recipe: Recipe = Recipe(), se
                 grp["lr"] = lr * scale
             idx = torch.randint(len(embs), (min(recipe.batch, len(embs)),), generator=g)
             e, f = embs[idx], fgs[idx]
+            p = None if prompts is None else prompts[idx]
             if recipe.augment:
                 e, f = augment(e, f, g)
-            loss = dice_bce(dec(e, dec.tokens(protos)), f)
+            loss = dice_bce(dec(e, dec.tokens(protos), p), f)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -268,22 +291,23 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
     sam, _ = load_model(get_model(spec.base))
     cache = cache_dir or Path(os.environ.get("WSISAM_CACHE", Path.home() / ".cache" / "wsisam")) \
         / "fewshot-embeddings"
-    embs, fgs = cached_embeddings(sam, spec, stain_copies(images, recipe.stain_copies, seed),
-                                  cache, progress)
+    train_set = stain_copies(images, recipe.stain_copies, seed)
+    embs, fgs = cached_embeddings(sam, spec, train_set, cache, progress, recipe.tile_stride)
+    prompts = tile_prompts(spec, train_set, recipe.tile_stride) if spec.stain_prompt else None
     t_enc = time.time() - t0
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
     try:
         dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=seed,
                                   checkpoint=cache / f"ckpt-{model}-{recipe.tag()}-{seed}-"
                                   f"{'-'.join(sorted(i.digest[:8] for i in images))}.pt",
-                                  progress=progress)
+                                  progress=progress, prompts=prompts)
         torch.save(dec.state_dict(), staging / "decoder.pt")
         np.savez(staging / "support_bank.npz", tokens=tokens.numpy(),
                  prototypes=prototypes(embs, fgs).numpy())
         report = {"model": model, "base": spec.base, "mode": mode, "seed": seed, "steps": steps,
                   "recipe": dataclasses.asdict(recipe), "mpp": spec.mpp,
                   "support": [im.stem for im in images], "modality": mods.pop(),
-                  "tiles": len(embs), "stain_ref": None if stain_ref is None else
+                  "tiles": len(embs), "stain_prompt": spec.stain_prompt, "stain_ref": None if stain_ref is None else
                   stain_ref.round(4).tolist(),
                   "loss_first": losses[0] if losses else None,
                   "loss_last": float(np.mean(losses[-10:])) if losses else None,
