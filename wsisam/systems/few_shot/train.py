@@ -176,7 +176,8 @@ class Recipe:
     tile_stride: float = 1.0
     # foreground where the decoder's logit exceeds this (the run time's cut; not trained).
     # -0.5: the best mean held-out Dice over the five support-only folds (0.714 against 0.711
-    # at 0 and at -1; docs/benchmarks.md "Few-shot SAM")
+    # at 0 and at -1; with the stain prompt 0.747 against 0.745 at -1; docs/benchmarks.md
+    # "Few-shot SAM")
     logit_threshold: float = -0.5
 
     def tag(self) -> str:
@@ -298,7 +299,8 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
     try:
         dec, tokens, losses = fit(sam, embs, fgs, recipe, seed=seed,
-                                  checkpoint=cache / f"ckpt-{model}-{recipe.tag()}-{seed}-"
+                                  checkpoint=cache / f"ckpt-{model}-{recipe.tag()}"
+                                  f"{'-stainprompt' if spec.stain_prompt else ''}-{seed}-"
                                   f"{'-'.join(sorted(i.digest[:8] for i in images))}.pt",
                                   progress=progress, prompts=prompts)
         torch.save(dec.state_dict(), staging / "decoder.pt")
