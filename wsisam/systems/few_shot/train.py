@@ -111,11 +111,14 @@ def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportIma
     return torch.stack(embs), torch.stack(fgs)
 
 
-def tile_prompts(spec: FewShotSpec, images: list[SupportImage], stride: float = 1.0) -> Tensor:
-    """The stain prompts (N,1,4h,4w) of the tiles :func:`cached_embeddings` cuts, same order."""
+def tile_prompts(spec: FewShotSpec, images: list[SupportImage], stride: float = 1.0,
+                 fluorescence: bool = False) -> Tensor:
+    """The stain prompts (N,1,4h,4w) of the tiles :func:`cached_embeddings` cuts, same order.
+    ``fluorescence`` is the support set's modality, never guessed per image: a dark H&E image
+    (a frozen section) reads as fluorescence by its median brightness, and the inverted prompt
+    made the decoder miss its nuclei (docs/benchmarks.md, NH-A8F7)."""
     n, step = spec.input_px, max(1, round(stride * spec.input_px))
-    return torch.stack([torch.from_numpy(stain_prompt(rgb, spec.mask_hw, spec.mpp,
-                                                      modality(im.rgb) == "fluorescence"))
+    return torch.stack([torch.from_numpy(stain_prompt(rgb, spec.mask_hw, spec.mpp, fluorescence))
                         for im in images for _, _, rgb in tiles(im.rgb, n, step)])
 
 
@@ -294,7 +297,8 @@ def train(support: list[Path], out_dir: Path, model: str = "fewshot", mpp: float
         / "fewshot-embeddings"
     train_set = stain_copies(images, recipe.stain_copies, seed)
     embs, fgs = cached_embeddings(sam, spec, train_set, cache, progress, recipe.tile_stride)
-    prompts = tile_prompts(spec, train_set, recipe.tile_stride) if spec.stain_prompt else None
+    prompts = tile_prompts(spec, train_set, recipe.tile_stride, "fluorescence" in mods) \
+        if spec.stain_prompt else None
     t_enc = time.time() - t0
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent or "."))
     try:
