@@ -289,3 +289,22 @@ def test_stain_prompt_marks_annotated_nuclei() -> None:
                         (256, 256), 0.25, fluorescence=True)[0] > 0
     p_he = stain_prompt(sup.rgb[:256, :256], (256, 256), 0.25)[0] > 0
     assert 2 * (p_fl & p_he).sum() / (p_fl.sum() + p_he.sum()) > 0.6
+
+
+def test_tile_prompts_use_the_support_modality_not_each_images() -> None:
+    """A dark H&E image (reads as fluorescence by its brightness, like the frozen section
+    NH-A8F7) still gets the hematoxylin prompt when the support set is brightfield."""
+    _need_data()
+    import dataclasses
+
+    from wsisam.systems.few_shot.support import load_support, modality, stain_prompt, tiles
+    from wsisam.systems.few_shot.train import tile_prompts
+
+    spec = get_model("fewshot")
+    im = load_support([DATA / f"{STEM}.tif"], spec.mpp, 0.2527)[0]
+    dark = dataclasses.replace(im, rgb=(im.rgb * 0.45).astype(np.uint8))
+    assert modality(dark.rgb) == "fluorescence"
+    got = tile_prompts(spec, [dark]).numpy()
+    want = np.stack([stain_prompt(t, spec.mask_hw, spec.mpp) for _, _, t in
+                     tiles(dark.rgb, spec.input_px)])
+    np.testing.assert_array_equal(got, want)
