@@ -29,7 +29,9 @@ from wsisam.runtime.stain import stained_objects
 from wsisam.systems.cell_sam import EVAL_IMAGES, TRAIN_IMAGES
 from wsisam.systems.cell_sam.annotations import load_instances
 from wsisam.systems.cell_sam.baseline import classical_nuclei
-from wsisam.systems.few_shot.support import load_support, read_rgb, tile_origins, tiles
+from wsisam.systems.few_shot.spec import FewShotSpec
+from wsisam.systems.few_shot.support import (SupportImage, load_support, read_rgb,
+                                             tile_origins, tiles)
 from wsisam.systems.few_shot.train import (Recipe, cached_embeddings, fit, prototypes,
                                            stain_copies, tile_prompts)
 from wsisam.systems.sam.export import load_model
@@ -48,6 +50,16 @@ def otsu_cut(logits: np.ndarray) -> float:
 
     x = np.clip(np.asarray(logits, np.float32).ravel(), *OTSU_RANGE)
     return float(threshold_otsu(x)) if np.ptp(x) > 0 else 0.0
+
+
+def decoder_logits(dec: torch.nn.Module, tokens: torch.Tensor, spec: FewShotSpec,
+                   image: SupportImage, embs: torch.Tensor) -> list[np.ndarray]:
+    """The fine-tuned decoder on one image's tile embeddings (N,C,h,w), with each tile's stain
+    prompt when ``spec.stain_prompt`` → N (4h,4w) foreground logit maps, for :func:`stitch`."""
+    ps = tile_prompts(spec, [image]) if spec.stain_prompt else [None] * len(embs)
+    with torch.no_grad():
+        return [dec(e[None], tokens, None if p is None else p[None])[0, 0].numpy()
+                for e, p in zip(embs, ps)]
 
 
 def stitch(tile_logits: list[np.ndarray], hw: tuple[int, int], n: int) -> np.ndarray:
@@ -155,11 +167,7 @@ def main() -> None:
                                           "loss_first": losses[0], "loss_last": losses[-1],
                                           "support": list(TRAIN_IMAGES[:k])}
             for im, embs in zip(ev, ev_embs):
-                ps = tile_prompts(spec, [im]) if spec.stain_prompt else [None] * len(embs)
-                with torch.no_grad():
-                    lg = [dec(e[None], tokens, None if p is None else p[None])[0, 0].numpy()
-                          for e, p in zip(embs, ps)]
-                logits = stitch(lg, im.fg.shape, n)
+                logits = stitch(decoder_logits(dec, tokens, spec, im, embs), im.fg.shape, n)
                 record(f"fewshot_{mode}_K{k}", im.stem,
                        to_native(logits - recipe.logit_threshold, gts[im.stem].shape))
                 for t in THRESHOLDS:  # the same model at other logit cuts

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_curve import (DATA, NATIVE_MPP, THRESHOLDS, fg_scores, otsu_cut, stitch,
-                           to_native)
+from fewshot_curve import (DATA, NATIVE_MPP, THRESHOLDS, decoder_logits, fg_scores, otsu_cut,
+                           stitch, to_native)
 from wsisam.registry import get_model
 from wsisam.runtime.stain_norm import lab_stats, normalise_to
 from wsisam.systems.cell_sam import TRAIN_IMAGES
@@ -114,11 +114,8 @@ def main() -> None:
         def val_dice(embeddings: torch.Tensor, image: SupportImage) -> dict[str, float]:
             """Dice/IoU at logit 0, and Dice at each of THRESHOLDS (support-side threshold
             choice: the folds' held-out images are support images)."""
-            ps = tile_prompts(spec, [image]) if spec.stain_prompt else [None] * len(embeddings)
-            with torch.no_grad():
-                lg = [dec(e[None], tokens, None if p is None else p[None])[0, 0].numpy()
-                      for e, p in zip(embeddings, ps)]
-            logits = stitch(lg, val.fg.shape, spec.input_px)
+            logits = stitch(decoder_logits(dec, tokens, spec, image, embeddings),
+                            val.fg.shape, spec.input_px)
             out = fg_scores(gt, to_native(logits, gt.shape))
             out["dice_at"] = {f"{t:g}": round(fg_scores(gt, to_native(logits - t, gt.shape))
                                               ["dice"], 4) for t in THRESHOLDS}

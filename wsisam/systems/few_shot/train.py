@@ -82,6 +82,11 @@ def prototypes(embs: Tensor, fg: Tensor) -> Tensor:
     return torch.stack([fgp, bgp])
 
 
+def tile_step(spec: FewShotSpec, stride: float) -> int:
+    """Support-tile origin spacing in model-input px for ``stride`` × the tile."""
+    return max(1, round(stride * spec.input_px))
+
+
 def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportImage],
                       cache_dir: Path, progress: bool = True,
                       stride: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -90,7 +95,7 @@ def cached_embeddings(sam: nn.Module, spec: FewShotSpec, images: list[SupportIma
     (N,C,h,w), foreground (N,1,n,n)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     embs, fgs = [], []
-    n, step = spec.input_px, max(1, round(stride * spec.input_px))
+    n, step = spec.input_px, tile_step(spec, stride)
     work = [(im, t, f) for im in images
             for t, f in zip(tiles(im.rgb, n, step), tiles(im.fg, n, step))]
     with click.progressbar(work, label="encoding support tiles", file=None if progress else
@@ -117,7 +122,7 @@ def tile_prompts(spec: FewShotSpec, images: list[SupportImage], stride: float = 
     ``fluorescence`` is the support set's modality, never guessed per image: a dark H&E image
     (a frozen section) reads as fluorescence by its median brightness, and the inverted prompt
     made the decoder miss its nuclei (docs/benchmarks.md, NH-A8F7)."""
-    n, step = spec.input_px, max(1, round(stride * spec.input_px))
+    n, step = spec.input_px, tile_step(spec, stride)
     return torch.stack([torch.from_numpy(stain_prompt(rgb, spec.mask_hw, spec.mpp, fluorescence))
                         for im in images for _, _, rgb in tiles(im.rgb, n, step)])
 
