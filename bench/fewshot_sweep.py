@@ -1,7 +1,9 @@
 """Few-shot recipe selection on the SUPPORT set only: fine-tune on the first K-1 of the K=5
 support images (cell_sam TRAIN_IMAGES[:5]) and score the nuclei-foreground Dice on the held-out
 support image(s), so that no eval3/eval8 image picks a hyper-parameter. Rows append to the JSON.
-``--stain-norm`` also scores the held-out image normalised to the training images' colour.
+``--stain-norm`` also scores the held-out image normalised to the training images' colour;
+``--tta`` also scores the mean logits over the held-out image's four flips (each re-encoded),
+and both with small objects removed / small holes filled at the shipped cut (POST_UM2).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/fewshot_sweep.py mix_default s600 s600_head10 \\
         --fold 0 -o bench/fewshot_sweep.json
@@ -74,6 +76,32 @@ CONFIGS: dict[str, tuple[float, Recipe]] = {
 STAIN_PROMPT = {"s600_head10_hema", "s600_head10_dense_hema"}
 
 
+#: object / hole areas (µm²) removed / filled in the --tta post-processing rows
+POST_UM2 = (5.0, 10.0, 20.0)
+FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal)
+
+
+def flip(a: np.ndarray, v: bool, h: bool) -> np.ndarray:
+    """``a`` (H,W[,C]) flipped vertically and/or horizontally (its own inverse)."""
+    return a[::-1 if v else 1, ::-1 if h else 1]
+
+
+def post_scores(gt: np.ndarray, logits: np.ndarray, cut: float) -> dict[str, float]:
+    """Dice of the native-resolution mask at ``cut`` with objects / holes under each POST_UM2
+    removed / filled (skimage), to test whether the decoder's specks and pinholes cost Dice."""
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    mask = to_native(logits - cut, gt.shape)
+    out = {}
+    for um2 in POST_UM2:
+        px = int(um2 / NATIVE_MPP ** 2) - 1  # max_size: areas ≤ it go, so < um2 µm²
+        objects = remove_small_objects(mask, max_size=px)
+        out[f"objects<{um2:g}"] = fg_scores(gt, objects)["dice"]
+        out[f"holes<{um2:g}"] = fg_scores(gt, remove_small_holes(mask, max_size=px))["dice"]
+        out[f"both<{um2:g}"] = fg_scores(gt, remove_small_holes(objects, max_size=px))["dice"]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("configs", nargs="+")
@@ -82,6 +110,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
     ap.add_argument("--stain-norm", action="store_true",
                     help="also score the held-out image Reinhard-normalised to the support's colour")
+    ap.add_argument("--tta", action="store_true",
+                    help="also score four-flip test-time augmentation and post-processing")
     ap.add_argument("-o", "--out", type=Path, default=Path("bench/fewshot_sweep.json"))
     ap.add_argument("--cache-dir", type=Path,
                     default=Path.home() / ".cache/wsisam/fewshot-embeddings")
@@ -111,11 +141,15 @@ def main() -> None:
                                   prompts=prompts)
         train_s = time.time() - t0
 
-        def val_dice(embeddings: torch.Tensor, image: SupportImage) -> dict[str, float]:
+        def val_logits(embeddings: torch.Tensor, image: SupportImage) -> np.ndarray:
+            return stitch(decoder_logits(dec, tokens, spec, image, embeddings),
+                          image.fg.shape, spec.input_px)
+
+        def val_dice(embeddings: torch.Tensor, image: SupportImage,
+                     logits: np.ndarray | None = None) -> dict[str, float]:
             """Dice/IoU at logit 0, and Dice at each of THRESHOLDS (support-side threshold
             choice: the folds' held-out images are support images)."""
-            logits = stitch(decoder_logits(dec, tokens, spec, image, embeddings),
-                            val.fg.shape, spec.input_px)
+            logits = val_logits(embeddings, image) if logits is None else logits
             out = fg_scores(gt, to_native(logits, gt.shape))
             out["dice_at"] = {f"{t:g}": round(fg_scores(gt, to_native(logits - t, gt.shape))
                                               ["dice"], 4) for t in THRESHOLDS}
@@ -126,6 +160,19 @@ def main() -> None:
             return out
 
         sc = val_dice(v_embs, val)
+        if args.tta:
+            flipped = []
+            for v, h in FLIPS:
+                rgb = np.ascontiguousarray(flip(val.rgb, v, h))
+                im = dataclasses.replace(val, rgb=rgb, fg=np.ascontiguousarray(flip(val.fg, v, h)),
+                                         digest=hashlib.sha256(rgb.tobytes()).hexdigest())
+                f_embs, _ = cached_embeddings(sam, spec, [im], args.cache_dir, progress=False)
+                flipped.append(flip(val_logits(f_embs, im), v, h))
+            cut = recipe.logit_threshold
+            sc_tta = val_dice(v_embs, val, np.mean(flipped, 0))
+            tta = {"val_dice_tta_at_logit": sc_tta["dice_at"],
+                   "post_at_cut": post_scores(gt, flipped[0], cut),
+                   "post_tta_at_cut": post_scores(gt, np.mean(flipped, 0), cut)}
         if args.stain_norm:  # the held-out image normalised to the training images' colour
             rgb = normalise_to(val.rgb, lab_stats([im.rgb for im in sup]))
             normed = dataclasses.replace(val, rgb=rgb,
@@ -139,6 +186,8 @@ def main() -> None:
                "loss_last10": round(float(np.mean(losses[-10:])), 4),
                "val_dice": round(sc["dice"], 4), "val_iou": round(sc["iou"], 4),
                "val_dice_at_logit": sc["dice_at"]}
+        if args.tta:
+            row.update(tta)
         if args.stain_norm:
             row.update(val_dice_stain_norm=round(sc_norm["dice"], 4),
                        val_iou_stain_norm=round(sc_norm["iou"], 4),
