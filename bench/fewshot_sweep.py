@@ -78,7 +78,7 @@ STAIN_PROMPT = {"s600_head10_hema", "s600_head10_dense_hema"}
 
 #: object / hole areas (µm²) removed / filled in the --tta post-processing rows
 POST_UM2 = (5.0, 10.0, 20.0)
-FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal)
+FLIPS = ((False, True), (True, False), (True, True))  # (vertical, horizontal), beside the original
 
 
 def flip(a: np.ndarray, v: bool, h: bool) -> np.ndarray:
@@ -145,11 +145,9 @@ def main() -> None:
             return stitch(decoder_logits(dec, tokens, spec, image, embeddings),
                           image.fg.shape, spec.input_px)
 
-        def val_dice(embeddings: torch.Tensor, image: SupportImage,
-                     logits: np.ndarray | None = None) -> dict[str, float]:
+        def val_dice(logits: np.ndarray) -> dict[str, float]:
             """Dice/IoU at logit 0, and Dice at each of THRESHOLDS (support-side threshold
             choice: the folds' held-out images are support images)."""
-            logits = val_logits(embeddings, image) if logits is None else logits
             out = fg_scores(gt, to_native(logits, gt.shape))
             out["dice_at"] = {f"{t:g}": round(fg_scores(gt, to_native(logits - t, gt.shape))
                                               ["dice"], 4) for t in THRESHOLDS}
@@ -159,9 +157,10 @@ def main() -> None:
             out["dice_at"]["otsu_cut"] = round(cut, 3)
             return out
 
-        sc = val_dice(v_embs, val)
+        logits = val_logits(v_embs, val)
+        sc = val_dice(logits)
         if args.tta:
-            flipped = []
+            flipped = [logits]
             for v, h in FLIPS:
                 rgb = np.ascontiguousarray(flip(val.rgb, v, h))
                 im = dataclasses.replace(val, rgb=rgb, fg=np.ascontiguousarray(flip(val.fg, v, h)),
@@ -169,16 +168,17 @@ def main() -> None:
                 f_embs, _ = cached_embeddings(sam, spec, [im], args.cache_dir, progress=False)
                 flipped.append(flip(val_logits(f_embs, im), v, h))
             cut = recipe.logit_threshold
-            sc_tta = val_dice(v_embs, val, np.mean(flipped, 0))
+            mean = np.mean(flipped, 0)
+            sc_tta = val_dice(mean)
             tta = {"val_dice_tta_at_logit": sc_tta["dice_at"],
-                   "post_at_cut": post_scores(gt, flipped[0], cut),
-                   "post_tta_at_cut": post_scores(gt, np.mean(flipped, 0), cut)}
+                   "post_at_cut": post_scores(gt, logits, cut),
+                   "post_tta_at_cut": post_scores(gt, mean, cut)}
         if args.stain_norm:  # the held-out image normalised to the training images' colour
             rgb = normalise_to(val.rgb, lab_stats([im.rgb for im in sup]))
             normed = dataclasses.replace(val, rgb=rgb,
                                          digest=hashlib.sha256(rgb.tobytes()).hexdigest())
             n_embs, _ = cached_embeddings(sam, spec, [normed], args.cache_dir, progress=False)
-            sc_norm = val_dice(n_embs, normed)
+            sc_norm = val_dice(val_logits(n_embs, normed))
         row = {"config": name, "mpp": mpp, "recipe": dataclasses.asdict(recipe),
                "stain_prompt": spec.stain_prompt,
                "fold_held_out": held, "train_tiles": len(embs), "train_s": round(train_s, 1),
