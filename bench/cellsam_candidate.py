@@ -27,16 +27,19 @@ def main() -> None:
     ap.add_argument("--upscale", type=int, default=2)
     ap.add_argument("--widths", type=lambda v: tuple(int(w) for w in v.split(",")),
                     help="the head's small-encoder widths (default: the model's)")
+    ap.add_argument("--context", type=int, help="the head's dilated context layers (default: "
+                    "the model's)")
     ap.add_argument("--sam-dir", type=Path, required=True, help="exported litemedsam")
     ap.add_argument("--work", type=Path, required=True, help="where the export goes")
     ap.add_argument("--results", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
-    spec = variant("cellsam", args.upscale, True, args.widths)
+    spec = variant("cellsam", args.upscale, True, args.widths, args.context)
     out = args.work / spec.name
     if not (out / "manifest.json").is_file():
         run_export(spec.name, out, weights={"head": args.head}, parity_slides=[])
     tag = f"candidate_x{args.upscale}" + ("_w" + "_".join(map(str, args.widths))
-                                          if args.widths else "")
+                                          if args.widths else "") + \
+        (f"_ctx{args.context}" if args.context is not None else "")
     sys.argv = ["cellsam_eval.py", "--cellsam-dir", str(out),
                 "--out", str(args.results / f"cellsam_eval_{tag}.json")]
     cellsam_eval.main()

@@ -41,14 +41,15 @@ MONUSEG = DATA / "monuseg-train"
 
 
 def variant(base: str, upscale: int, use_embedding: bool,
-            widths: tuple[int, ...] | None = None) -> CellSamSpec:
-    """``base`` with the head at ``upscale`` (and small-encoder ``widths``), registered
-    in-process (random head weights)."""
+            widths: tuple[int, ...] | None = None, context: int | None = None) -> CellSamSpec:
+    """``base`` with the head at ``upscale`` (and small-encoder ``widths``, ``context``
+    layers), registered in-process (random head weights)."""
     spec = get_model(base)
     assert isinstance(spec, CellSamSpec)
     name = f"{base}-x{upscale}"  # one name per resolution: the embedding cache is keyed by it
     head = replace(spec.head, upscale=upscale, use_embedding=use_embedding,
-                   widths=widths or spec.head.widths)
+                   widths=widths or spec.head.widths,
+                   context=spec.head.context if context is None else context)
     try:
         return get_model(name)  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 — not registered yet
@@ -68,22 +69,33 @@ def main() -> None:
                          "also of the training images, or off")
     ap.add_argument("--hed-jitter", type=float, default=TrainConfig.hed_jitter,
                     help="σ of the HED augmentation of the head's input (0: off)")
+    ap.add_argument("--photometric", type=float, default=TrainConfig.photometric,
+                    help="strength of the photometric augmentation (0: off)")
+    ap.add_argument("--scale-jitter", type=float, default=TrainConfig.scale_jitter,
+                    help="zoom augmentation: factors in [1/(1+s), 1+s] (0: off)")
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--widths", type=lambda v: tuple(int(w) for w in v.split(",")),
                     help="small-encoder widths per stride 1, 2, 4, … (default: the model's)")
+    ap.add_argument("--context", type=int, help="dilated context layers after the fusion "
+                    "(default: the model's)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    spec = variant(args.model, args.upscale, not args.no_embedding, args.widths)
+    spec = variant(args.model, args.upscale, not args.no_embedding, args.widths,
+                   args.context)
     cfg = TrainConfig(model=spec.name, steps=args.steps, distill_weight=args.distill_weight,
                       use_embedding=not args.no_embedding, stain_norm=args.stain_norm,
-                      hed_jitter=args.hed_jitter, seed=args.seed)
+                      hed_jitter=args.hed_jitter, photometric=args.photometric,
+                      scale_jitter=args.scale_jitter, seed=args.seed)
     tag = f"x{args.upscale}-s{args.steps}-d{args.distill_weight}" + \
         ("-noemb" if args.no_embedding else "") + f"-norm{args.stain_norm}" + \
         (f"-hed{args.hed_jitter:g}" if args.hed_jitter else "") + \
+        (f"-pm{args.photometric:g}" if args.photometric else "") + \
+        (f"-sj{args.scale_jitter:g}" if args.scale_jitter else "") + \
         (f"-seed{args.seed}" if args.seed else "") + \
-        ("-w" + "_".join(map(str, args.widths)) if args.widths else "")
+        ("-w" + "_".join(map(str, args.widths)) if args.widths else "") + \
+        (f"-ctx{args.context}" if args.context else "")
     cache = args.work / f"cache-{spec.name}"
     t0 = time.perf_counter()
     report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,

@@ -53,6 +53,11 @@ class CellHead(nn.Module):
         self.reduce = nn.Sequential(nn.Conv2d(embed_dim, arch.fuse_dim, 1, bias=False),
                                     nn.BatchNorm2d(arch.fuse_dim), nn.ReLU(inplace=True))
         self.fuse = block(fuse_in + (arch.fuse_dim if arch.use_embedding else 0), fuse_in, 1)
+        self.context = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(fuse_in, fuse_in, 3, padding=2 ** (i + 1),
+                                    dilation=2 ** (i + 1), bias=False),
+                          nn.BatchNorm2d(fuse_in), nn.ReLU(inplace=True))
+            for i in range(arch.context))
         self.up = nn.ModuleList(block(w[i] + w[i - 1], w[i - 1], 1)
                                 for i in range(len(w) - 1, 0, -1))
         self.out = nn.Conv2d(w[0], 3, 1)
@@ -75,6 +80,8 @@ class CellHead(nn.Module):
             fused = self.fuse(torch.cat([small, self.reduce(image_embeddings)], dim=1))
         else:
             fused = self.fuse(small)
+        for layer in self.context:
+            fused = fused + layer(fused)
         skips[self.fuse_level] = fused
         x = skips[-1]
         for up, skip in zip(self.up, reversed(skips[:-1])):

@@ -28,12 +28,15 @@ class HeadArch:
     """The trainable part: small-encoder widths per stride (1, 2, 4, …), the channels the large
     embedding is reduced to before fusion, whether it is fused at all (the ablation), and
     ``upscale``: head-input px per large-encoder-input px (2: the small encoder and the maps at
-    twice the large encoder's resolution, e.g. 0.25 µm/px beside LiteMedSAM's 0.5)."""
+    twice the large encoder's resolution, e.g. 0.25 µm/px beside LiteMedSAM's 0.5);
+    ``context``: residual dilated 3×3 layers (dilation 2, 4, …) after the fusion, widening the
+    receptive field at the embedding's stride (0: none)."""
 
     widths: tuple[int, ...] = (16, 32, 48, 64)
     fuse_dim: int = 32
     use_embedding: bool = True
     upscale: int = 1
+    context: int = 0
 
 
 @dataclass(frozen=True)
