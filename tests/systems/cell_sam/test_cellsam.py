@@ -296,3 +296,23 @@ def test_default_model_is_nuclei_on_he_only() -> None:
     assert default_model(fl, None, {}, None) == DEFAULT_MODEL
     assert default_model(he, Path("boxes.geojson"), {}, None) == DEFAULT_MODEL
     assert default_model(he, None, {"scheme": "boxes"}, None) == DEFAULT_MODEL
+
+
+def test_head_with_context_layers_exports_with_parity(tmp_path: Path) -> None:
+    """``HeadArch.context`` (dilated layers after the fusion, an option measured in
+    docs/benchmarks.md) goes through the export with the head's parity gate."""
+    pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+    from dataclasses import replace
+
+    from wsisam.export.run import run_export
+    from wsisam.registry import get_model, register
+
+    base = get_model("test-cellsam-x2")
+    name = "test-cellsam-x2-context"
+    try:
+        get_model(name)
+    except Exception:  # noqa: BLE001 — first use in this process
+        register(replace(base, name=name, head=replace(base.head, context=2)))
+    report = run_export(name, tmp_path / "ctx", random_init=True, parity_slides=[])
+    assert report["parity"]["failures"] == []
+    assert report["parity"]["random"]["head"]["max_abs"] <= 1e-4
