@@ -143,6 +143,31 @@ def head_maps(spec: CellSamSpec, head: torch.nn.Module, sam: Any, img: Annotated
     return stitched_maps(image_crops(img, spec, encode, cache), maps_fn)
 
 
+def load_head_and_sam(spec: CellSamSpec, given: Path | None
+                      ) -> tuple[torch.nn.Module, Path | None, str | None, WatershedConfig, Any]:
+    """The head of ``spec`` (``given`` file or the shipped one), where it came from, its sha256,
+    its watershed thresholds, and the torch SAM model it was trained with."""
+    from wsisam.export.weights import resolve_weights
+
+    path, source = resolve_weights(spec, "head", given, False)
+    head, sha = load_head(spec, path, source)
+    sam, _ = load_model(spec)
+    return head, path, sha, WatershedConfig(*[float(v) for v in head.watershed]), sam
+
+
+def write_methods(result: dict[str, Any], rows: dict[str, list[dict[str, Any]]], out: Path
+                  ) -> None:
+    """Add each method's per-image rows and their mean to ``result``, print the means, write
+    ``out``."""
+    result["methods"] = {k: {"mean": {m: round(v, 4) for m, v in mean_scores(r).items()},
+                             "per_image": r} for k, r in rows.items()}
+    width = max(len(k) for k in rows)
+    for k, v in result["methods"].items():
+        print(f"{k:{width}s} " + " ".join(f"{m} {v['mean'][m]:.3f}" for m in METRIC_KEYS))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cellsam", help="registered CellSAM model")
@@ -163,11 +188,7 @@ def main() -> None:
         spec = register(replace(spec, name=f"{spec.name}-x{args.upscale}",
                                 head=replace(spec.head, upscale=args.upscale),
                                 weights={**spec.weights, "head": WeightsSource(kind="random")}))
-    from wsisam.export.weights import resolve_weights
-    path, source = resolve_weights(spec, "head", args.head, False)
-    head, sha = load_head(spec, path, source)
-    ws = WatershedConfig(*[float(v) for v in head.watershed])
-    sam, _ = load_model(spec)
+    head, path, sha, ws, sam = load_head_and_sam(spec, args.head)
     rows: dict[str, list[dict[str, Any]]] = {"head": [], "sam": [], "mean": []}
     costs = []
     for stem in args.images:
@@ -192,13 +213,8 @@ def main() -> None:
     result = {"model": spec.name, "head": {"path": str(path), "sha256": sha},
               "split": {"eval": args.images}, "territory_um": args.territory_um,
               "min_sam_iou": args.min_sam_iou, "machine": machine_info(),
-              "decoder_cost": costs,
-              "methods": {k: {"mean": {m: round(v, 4) for m, v in mean_scores(r).items()},
-                              "per_image": r} for k, r in rows.items()}}
-    for k, v in result["methods"].items():
-        print(f"{k:6s} " + " ".join(f"{m} {v['mean'][m]:.3f}" for m in METRIC_KEYS))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+              "decoder_cost": costs}
+    write_methods(result, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ pixels are nucleus) limits the scores, not the separation of touching nuclei.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,25 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from skimage.filters import gaussian
 from skimage.measure import label as cc_label
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellsam_fusion import head_maps  # noqa: E402
+from cellsam_fusion import head_maps, load_head_and_sam, write_methods  # noqa: E402
 from common import DATA, machine_info  # noqa: E402
 
-from wsisam.export.weights import resolve_weights  # noqa: E402
 from wsisam.registry import get_model  # noqa: E402
 from wsisam.systems.cell_sam import EVAL_IMAGES  # noqa: E402
 from wsisam.systems.cell_sam.data import annotation_for, load_image, resize_labels  # noqa: E402
-from wsisam.systems.cell_sam.export import load_head  # noqa: E402
-from wsisam.systems.cell_sam.instances import WatershedConfig  # noqa: E402
-from wsisam.systems.cell_sam.metrics import METRIC_KEYS, mean_scores, score  # noqa: E402
+from wsisam.systems.cell_sam.instances import WatershedConfig, watershed_inputs  # noqa: E402
+from wsisam.systems.cell_sam.metrics import METRIC_KEYS, score  # noqa: E402
 from wsisam.systems.cell_sam.segment import instances_at_image  # noqa: E402
 from wsisam.systems.cell_sam.spec import CellSamSpec  # noqa: E402
-from wsisam.systems.sam.export import load_model  # noqa: E402
 
 MONUSEG = DATA / "monuseg-train"
 
@@ -55,18 +50,16 @@ def centroid_seeds(labels: np.ndarray) -> np.ndarray:
     seeds = np.zeros(labels.shape, np.int32)
     for i, (y, x) in zip(idx, cents):
         if not np.isnan(y):
-            seeds[int(round(y)), int(round(x))] = i
+            seeds[round(y), round(x)] = i
     return seeds
 
 
 def variants(maps: np.ndarray, gt_work: np.ndarray, work_mpp: float, ws: WatershedConfig
              ) -> dict[str, np.ndarray]:
     """(3, h, w) head maps and (h, w) annotations, both at ``work_mpp`` → work-frame labels of
-    each oracle variant (the module docstring)."""
-    sigma = ws.smooth_um / work_mpp
-    fg, cd, bd = (gaussian(m, sigma=sigma) for m in maps)
-    mask = fg > ws.fg_thresh
-    seeds = cc_label(mask & (cd < ws.centre_thresh) & (bd < ws.boundary_thresh))
+    each oracle variant (the module docstring); the head's mask, seeds and flooding map are
+    the shipped watershed's own (``instances.watershed_inputs``)."""
+    mask, seeds, bd = watershed_inputs(maps, work_mpp, ws)
     min_px = max(1, round(ws.min_object_um2 / work_mpp ** 2))
     return {"oracle_seeds": watershed(bd, centroid_seeds(gt_work) * mask, mask=mask),
             "oracle_fg": watershed(bd, seeds * (gt_work > 0), mask=gt_work > 0),
@@ -82,10 +75,7 @@ def main() -> None:
     torch.set_num_threads(1)
     spec = get_model(args.model)
     assert isinstance(spec, CellSamSpec)
-    path, source = resolve_weights(spec, "head", None, False)
-    head, sha = load_head(spec, path, source)
-    ws = WatershedConfig(*[float(v) for v in head.watershed])
-    sam, _ = load_model(spec)
+    head, path, sha, ws, sam = load_head_and_sam(spec, None)
     rows: dict[str, list[dict[str, Any]]] = {}
     for stem in EVAL_IMAGES:
         img = load_image(MONUSEG / f"{stem}.tif", annotation_for(MONUSEG / f"{stem}.tif"))
@@ -94,21 +84,15 @@ def main() -> None:
         preds = {"head": instances_at_image(maps, img, spec.head_mpp, ws)}
         gt_work = resize_labels(img.labels, (h, w))
         for name, lab in variants(maps[:, :h, :w], gt_work, spec.head_mpp, ws).items():
-            preds[name] = resize_labels(lab.astype(np.int32), img.labels.shape)
+            preds[name] = resize_labels(lab, img.labels.shape).astype(np.int32)
         for name, lab in preds.items():
-            r = score(img.labels, lab.astype(np.int32))
+            r = score(img.labels, lab)
             rows.setdefault(name, []).append(
                 {"image": stem, **{k: round(float(r[k]), 4) for k in METRIC_KEYS},
                  "fg_px": int((lab > 0).sum()), "gt_fg_px": int((img.labels > 0).sum())})
     result = {"model": spec.name, "head": {"path": str(path), "sha256": sha},
-              "split": {"eval": list(EVAL_IMAGES)}, "machine": machine_info(),
-              "methods": {k: {"mean": {m: round(v, 4) for m, v in mean_scores(r).items()},
-                              "per_image": r} for k, r in rows.items()}}
-    for k, v in result["methods"].items():
-        print(f"{k:13s} " + " ".join(f"{m} {v['mean'][m]:.3f}" for m in METRIC_KEYS))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-
+              "split": {"eval": list(EVAL_IMAGES)}, "machine": machine_info()}
+    write_methods(result, rows, args.out)
 
 if __name__ == "__main__":
     main()

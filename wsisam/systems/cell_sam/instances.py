@@ -49,13 +49,13 @@ class WatershedConfig:
     min_object_um2: float = 4.0  # MoNuSeg: 1 % of nuclei are < 3.7 µm², 5 % < 6
 
 
-def maps_to_instances(maps: np.ndarray, work_mpp: float,
-                      cfg: WatershedConfig = WatershedConfig()) -> np.ndarray:
-    """(3,H,W) maps at ``work_mpp`` → (H,W) int32 instance labels (scikit-image watershed).
+def watershed_inputs(maps: np.ndarray, work_mpp: float, cfg: WatershedConfig = WatershedConfig()
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(3,H,W) maps at ``work_mpp`` → (foreground mask (H,W) bool, seed markers (H,W) int32,
+    smoothed boundary-distance map (H,W)): what :func:`maps_to_instances` floods.
 
     Seeds: fg > fg_thresh and centre < centre_thresh and boundary < boundary_thresh, connected
-    components of at least ``min_seed_um2``; flooding the boundary-distance map inside the
-    foreground; objects under ``min_object_um2`` dropped.
+    components of at least ``min_seed_um2``.
     """
     sigma = cfg.smooth_um / work_mpp
     fg, cd, bd = (gaussian(m, sigma=sigma) if sigma > 0 else m for m in maps)
@@ -63,6 +63,17 @@ def maps_to_instances(maps: np.ndarray, work_mpp: float,
     seeds = mask & (cd < cfg.centre_thresh) & (bd < cfg.boundary_thresh)
     markers = cc_label(seeds).astype(np.int32)
     markers = remove_small_objects(markers, max_size=max(0, round(cfg.min_seed_um2 / work_mpp**2)))
+    return mask, markers, bd
+
+
+def maps_to_instances(maps: np.ndarray, work_mpp: float,
+                      cfg: WatershedConfig = WatershedConfig()) -> np.ndarray:
+    """(3,H,W) maps at ``work_mpp`` → (H,W) int32 instance labels (scikit-image watershed).
+
+    The seeds of :func:`watershed_inputs` flood the boundary-distance map inside the
+    foreground; objects under ``min_object_um2`` dropped.
+    """
+    mask, markers, bd = watershed_inputs(maps, work_mpp, cfg)
     lab = watershed(bd, markers, mask=mask)
     lab = remove_small_objects(lab, max_size=max(1, round(cfg.min_object_um2 / work_mpp**2)))
     return lab.astype(np.int32)
