@@ -177,14 +177,14 @@ def main() -> None:
     ap.add_argument("--images", nargs="*", default=list(EVAL_IMAGES))
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/wsisam/cellsam-emb")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cellsam_fusion.json"))
-    ap.add_argument("--upscale", type=int, default=1,
+    ap.add_argument("--upscale", type=int,
                     help="head at this many times the encoder's resolution (a head trained so; "
-                         "registered here in-process as MODEL-xN)")
+                         "registered here in-process as MODEL-xN); default: the model's own")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = get_model(args.model)
     assert isinstance(spec, CellSamSpec)
-    if args.upscale != spec.head.upscale:
+    if args.upscale not in (None, spec.head.upscale):
         spec = register(replace(spec, name=f"{spec.name}-x{args.upscale}",
                                 head=replace(spec.head, upscale=args.upscale),
                                 weights={**spec.weights, "head": WeightsSource(kind="random")}))

@@ -2,7 +2,8 @@
 the head's resolution (``--upscale`` 1: 0.5 µm/px, LiteMedSAM's own; 2: 0.25 µm/px beside the
 encoder's 0.5), and the ablations ``--no-embedding`` (no large-encoder fusion) and
 ``--distill-weight 0`` (no feature distillation), and the training options ``--stain-norm`` and
-``--hed-jitter``, and the head's ``--widths``.
+``--hed-jitter``, and the head's ``--widths``; ``--n-train N`` trains on the first N of
+``LEARNING_ORDER`` (a learning curve: how held-out quality grows with annotated images).
 
 Training: ``wsisam.systems.cell_sam.train.train`` on TRAIN_IMAGES (thresholds chosen there),
 not exported. Scoring: the trained head's blended whole-image maps (the same path as the
@@ -38,6 +39,13 @@ from wsisam.systems.cell_sam.train import STAIN_NORM, TrainConfig, train  # noqa
 from wsisam.systems.sam.export import load_model  # noqa: E402
 
 MONUSEG = DATA / "monuseg-train"
+# TRAIN_IMAGES round-robin over organs, so that every prefix of 5 or more covers all five
+# organs (lung, breast, kidney, prostate, colon) and the prefixes are nested.
+LEARNING_ORDER: tuple[str, ...] = tuple(f"TCGA-{s}" for s in (
+    "21-5784-01Z-00-DX1", "A7-A13E-01Z-00-DX1", "B0-5698-01Z-00-DX1", "CH-5767-01Z-00-DX1",
+    "NH-A8F7-01A-01-TS1", "50-5931-01Z-00-DX1", "AR-A1AK-01Z-00-DX1", "B0-5711-01Z-00-DX1",
+    "G9-6362-01Z-00-DX1", "AR-A1AS-01Z-00-DX1"))
+assert sorted(LEARNING_ORDER) == sorted(TRAIN_IMAGES)
 
 
 def variant(base: str, upscale: int, use_embedding: bool,
@@ -78,6 +86,8 @@ def main() -> None:
                     help="small-encoder widths per stride 1, 2, 4, … (default: the model's)")
     ap.add_argument("--context", type=int, help="dilated context layers after the fusion "
                     "(default: the model's)")
+    ap.add_argument("--n-train", type=int, default=len(TRAIN_IMAGES),
+                    help="train on the first N images of LEARNING_ORDER")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/wsisam/cellsam-resolution")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -95,11 +105,13 @@ def main() -> None:
         (f"-sj{args.scale_jitter:g}" if args.scale_jitter else "") + \
         (f"-seed{args.seed}" if args.seed else "") + \
         ("-w" + "_".join(map(str, args.widths)) if args.widths else "") + \
-        (f"-ctx{args.context}" if args.context else "")
+        (f"-ctx{args.context}" if args.context else "") + \
+        (f"-n{args.n_train}" if args.n_train != len(TRAIN_IMAGES) else "")
+    images = TRAIN_IMAGES if args.n_train == len(TRAIN_IMAGES) else LEARNING_ORDER[:args.n_train]
     cache = args.work / f"cache-{spec.name}"
     t0 = time.perf_counter()
     report = train(MONUSEG, args.work / tag / "model", cfg, cache_dir=cache,
-                   images=TRAIN_IMAGES, progress=True, export=False)
+                   images=images, progress=True, export=False)
     spec = replace(spec, head=replace(spec.head, use_embedding=cfg.use_embedding))
     head, _ = load_head(spec, args.work / tag / "model.train" / HEAD_FILE, "file")
     ws = WatershedConfig(*[float(v) for v in head.watershed])
@@ -111,7 +123,7 @@ def main() -> None:
         rows.append({"image": stem, **score(img.labels, instances_at_image(
             maps, img, spec.head_mpp, ws))})
     result = {"variant": tag, "head_mpp": spec.head_mpp, "config": report["config"],
-              "split": {"train": list(TRAIN_IMAGES), "eval": list(EVAL_IMAGES)},
+              "split": {"train": list(images), "eval": list(EVAL_IMAGES)},
               "train_fit": report["train_fit_scores"], "eval": mean_scores(rows),
               "per_image": rows, "seconds": report["seconds"],
               "total_s": round(time.perf_counter() - t0, 1),
